@@ -1,0 +1,3 @@
+"""The analyst-facing HTTP service."""
+
+__all__: list[str] = []

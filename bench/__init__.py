@@ -1,0 +1,1 @@
+"""Benchmarks: ``make bench`` runs :mod:`bench.run` and writes ``bench/results.json``."""
