@@ -10,6 +10,7 @@ feature store; the model never sees a label column.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,6 +21,33 @@ MODEL_KINDS = ("logreg", "hat", "blend")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 # A fresh model starts at the base rate of card fraud, not at a coin toss.
 _PRIOR_FRAUD_RATE = 0.01
+# Band edges for the one-hot indicators the linear models see beside the scaled features: risk
+# rises in steps (an amount is suspicious past a point, not in proportion to its size), which a
+# single weight on a scaled number cannot express.
+_AMOUNT_BANDS: tuple[float, ...] = (
+    0.0, 10.0, 25.0, 50.0, 75.0, 100.0, 125.0, 150.0, 175.0, 200.0,
+    250.0, 300.0, 400.0, 600.0, 1000.0,
+)  # fmt: skip
+_RATIO_BANDS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
+_RISK_BANDS: tuple[float, ...] = (0.0, 1e-9, 0.1, 0.25, 0.5, 0.75, 0.99)
+
+
+def bands(features: Mapping[str, float]) -> dict[str, float]:
+    """One-hot band indicators of the amount, of the amount against the card's history and of
+    the terminals' known fraud rates."""
+    out: dict[str, float] = {}
+    for name, value in features.items():
+        if name == "amount":
+            edges = _AMOUNT_BANDS
+        elif name.startswith("card_amount_ratio"):
+            edges = _RATIO_BANDS
+        elif name.startswith("terminal_risk"):
+            edges = _RISK_BANDS
+        else:
+            continue
+        edge = edges[max(bisect_right(edges, value) - 1, 0)]
+        out[f"{name}_band_{edge:g}"] = 1.0
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +55,8 @@ class ModelConfig:
     """Settings of the online model. ``fraud_weight`` multiplies the loss of a fraud example."""
 
     kind: str = "logreg"
-    optimizer: str = "adam"
-    learning_rate: float = 0.001
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.1
     fraud_weight: float = 5.0
     l2: float = 0.0
     seed: int = 0
@@ -90,7 +118,7 @@ class FraudModel:
         if self._tree is not None:
             return float(self._tree.predict_proba_one(x).get(True, 0.0))
         assert self._linear is not None
-        p = self._linear.predict_proba_one(self._scaler.transform_one(x))[True]
+        p = self._linear.predict_proba_one(self._linear_input(x))[True]
         if self._anomaly is not None:
             # Half-Space Trees' score is a mass ratio in [0, 1]; the blend keeps the supervised
             # ranking and lets anomalous transactions move up while labels are still scarce.
@@ -108,9 +136,14 @@ class FraudModel:
             self._tree.learn_one(x, is_fraud)
             return
         assert self._linear is not None
-        self._linear.learn_one(self._scaler.transform_one(x), is_fraud)
+        self._linear.learn_one(self._linear_input(x), is_fraud)
         if self._anomaly is not None and not is_fraud:
             self._anomaly.learn_one(x)
+
+    def _linear_input(self, x: Mapping[str, float]) -> dict[str, float]:
+        scaled: dict[str, float] = self._scaler.transform_one(x)
+        scaled.update(bands(x))
+        return scaled
 
     def explain_one(self, features: Mapping[str, float], top: int = 3) -> list[tuple[str, float]]:
         """The features that pushed the score up the most, with their contributions.
@@ -120,12 +153,13 @@ class FraudModel:
         mean the model has seen, signed by direction.
         """
         x = self._select(features)
-        scaled = self._scaler.transform_one(x)
         if self._linear is not None:
             weights = self._linear.weights
-            contributions = [(name, weights.get(name, 0.0) * v) for name, v in scaled.items()]
+            contributions = [
+                (name, weights.get(name, 0.0) * v) for name, v in self._linear_input(x).items()
+            ]
         else:
-            contributions = list(scaled.items())
+            contributions = list(self._scaler.transform_one(x).items())
         contributions.sort(key=lambda item: item[1], reverse=True)
         return [(n, c) for n, c in contributions[:top] if c > 0 and math.isfinite(c)]
 

@@ -59,15 +59,24 @@ _FEATURE_TEXT = {
     "card_hours_since_last": "{value:.1f} hours since the card's previous payment",
     "card_distinct_terminals": "{value:.0f} distinct terminals on the card in {days} days",
     "card_known_frauds": "{value:.0f} known frauds on the card in {days} days",
+    "amount_band": "Amount in a range where fraud has been frequent",
+    "terminal_risk_band": "Terminal with a history of confirmed fraud",
+    "card_amount_ratio_band": "Amount far from the card's usual spending",
 }
 
 
 def feature_reason(name: str, value: float, weight: float) -> Reason:
     """A reason for a feature that raised the score: code ``MODEL_<FEATURE>``."""
     base, days = name, ""
-    head, _, tail = name.rpartition("_")
-    if tail.endswith("d") and tail[:-1].isdigit():
-        base, days = head, tail[:-1]
+    if "_band_" in name:  # a one-hot band: say what it means, not its edge
+        head = name.split("_band_")[0]
+        base = "card_amount_ratio_band" if head.startswith("card_amount_ratio") else f"{head}_band"
+        if head.startswith("terminal_risk"):
+            base = "terminal_risk_band"
+    else:
+        head, _, tail = name.rpartition("_")
+        if tail.endswith("d") and tail[:-1].isdigit():
+            base, days = head, tail[:-1]
     template = _FEATURE_TEXT.get(base, name.replace("_", " ") + ": {value:.3g}")
     return Reason(f"MODEL_{name.upper()}", template.format(value=value, days=days), weight)
 

@@ -85,8 +85,10 @@ def backtest(
         float, typer.Option(help="Days until a label is known (frauds reported, others cleared).")
     ] = 7.0,
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODEL_KINDS)}.")] = "logreg",
-    optimizer: Annotated[str, typer.Option(help=f"Optimizer: {', '.join(OPTIMIZERS)}.")] = "adam",
-    learning_rate: Annotated[float, typer.Option(help="Optimizer learning rate.")] = 0.001,
+    optimizer: Annotated[
+        str, typer.Option(help=f"Optimizer: {', '.join(OPTIMIZERS)}.")
+    ] = "adagrad",
+    learning_rate: Annotated[float, typer.Option(help="Optimizer learning rate.")] = 0.1,
     fraud_weight: Annotated[float, typer.Option(help="Loss weight of a fraud example.")] = 5.0,
     policy: Annotated[
         Path | None, typer.Option(help="Decision policy YAML (default: the packaged one).")

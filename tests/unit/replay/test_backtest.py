@@ -67,7 +67,7 @@ def test_detection_beats_chance_on_the_simulator(simulated: Path) -> None:
     result = run_backtest(read_transactions(simulated, PRESETS["handbook"]))
     ev = evaluate(result, test_from=date(2018, 4, 20), test_to=date(2018, 4, 30))
     assert ev.test is not None and ev.overall is not None
-    assert ev.test["roc_auc"] > 0.75
+    assert ev.test["roc_auc"] > 0.7
     assert ev.test["n"] < ev.overall["n"]
     assert len(ev.daily) == 30
 
