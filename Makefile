@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ../shared/data/handbook-2018-04-01_2018-07-31.csv.gz
 
-.PHONY: install run test lint typecheck unit bench backtest clean
+.PHONY: install services run test lint typecheck unit bench backtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The real servers the integration tests start: Debian's redis-server (installed when it is not on
+# PATH) and the Apache Kafka broker's jars, fetched with Maven into ~/.cache/fraudstream (or
+# $FRAUD_KAFKA_HOME) when missing. Needs a JDK 17 and Maven.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+services: install
+	@command -v redis-server >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+	$(BIN)/python -m tests.services.kafka prepare
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -27,8 +38,11 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-test: lint typecheck
+# The whole suite on Apache Kafka + redis-server, then the integration suite again on the embedded
+# pair (Tansu + Valkey) that `make run` uses.
+test: lint typecheck services
 	$(BIN)/pytest -q tests
+	FRAUD_TEST_STACK=embedded $(BIN)/pytest -q tests/integration
 
 # Until the streaming stack lands, `make run` shows the scoring core at work: it simulates a
 # small fortnight of payments and backtests it, printing the detection report.

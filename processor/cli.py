@@ -8,7 +8,9 @@ from typing import NoReturn
 import typer
 
 from models.errors import FraudstreamError
+from processor import worker as worker_commands
 from replay import commands as replay_commands
+from replay import producer as replay_producer
 
 app = typer.Typer(
     name="fraudstream",
@@ -21,6 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("up")(worker_commands.up)
+app.command("worker")(worker_commands.worker)
+app.command("replay")(replay_producer.replay)
 app.command("backtest")(replay_commands.backtest)
 app.command("simulate")(replay_commands.simulate)
 

@@ -45,7 +45,7 @@ def _date(text: str | None, option: str) -> date | None:
         raise FraudstreamError(f"{option}: {text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _open(file: Path, preset: str | None, columns: str | None) -> Iterator[Row | BadRow]:
+def open_rows(file: Path, preset: str | None, columns: str | None) -> Iterator[Row | BadRow]:
     """Rows of ``file`` by ``--columns``, ``--preset``, or the first preset that fits."""
     if columns:
         return read_transactions(file, ColumnMapping.parse(columns))
@@ -116,7 +116,7 @@ def backtest(
         )
     except ValueError as exc:
         raise FraudstreamError(str(exc)) from None
-    source = _open(file, preset, columns)
+    source = open_rows(file, preset, columns)
     config = BacktestConfig(
         model=model_config,
         features=features,

@@ -1,0 +1,326 @@
+"""The Faust app: transactions in, decisions out, labels back into the model.
+
+Agents:
+
+* ``score`` — ``transactions`` -> features (Redis, one pipelined round trip per batch) -> the
+  newest model -> the policy -> ``decisions``; review and decline also go to ``escalations``.
+  A record that is not JSON or fails validation goes to ``transactions.dlq`` with the error, its
+  partition, offset and raw bytes (card numbers masked), and the stream goes on.
+* ``labels`` — ``labels`` -> the feature store (terminal risk and the card's known frauds count
+  only labels that are known).
+* ``learn`` — ``labels`` + the scorers' observations -> the delayed-label learner -> versioned
+  checkpoints in Redis. Both topics have one partition, so exactly one worker of the group learns.
+
+A timer on every worker polls Redis for a newer checkpoint and swaps it in between two batches.
+Delivery is at least once: a batch is committed after its decisions were handed to the producer,
+so a crash replays at most the uncommitted batches; the feature store is idempotent on ``tx_id``,
+and the duplicates on ``decisions`` carry the same ``tx_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+import redis.asyncio as redis
+from faust.types import EventT
+
+from models.checkpoint import Checkpoint
+from models.errors import InvalidRecord
+from models.features import FeatureConfig
+from models.learner import DelayedLabelLearner
+from models.model import FraudModel
+from models.policy import Policy
+from models.records import Action, Label, label_from_wire, mask_pan, transaction_from_wire
+from models.scoring import Scorer
+from processor.checkpoints import RedisCheckpointStore
+from processor.redis_store import RedisFeatureStore
+from processor.settings import Settings
+
+log = logging.getLogger("fraudstream.worker")
+
+DAY = 86_400.0
+_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+
+
+@dataclass
+class Counters:
+    """What the worker did since it started (read by tests, logs and metrics)."""
+
+    scored: int = 0
+    dead_lettered: int = 0
+    escalated: int = 0
+    labels: int = 0
+    model_swaps: int = 0
+    redis_retries: int = 0
+    by_action: dict[str, int] = field(default_factory=dict)
+
+
+class Runtime:
+    """The worker's state outside Faust: Redis clients, the scorer, the learner."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise ValueError("FRAUD_REDIS_URL is not set")
+        self.settings = settings
+        self.redis = redis.from_url(settings.redis_url, decode_responses=False)
+        self.features = FeatureConfig(label_delay_days=settings.label_delay_days)
+        self.store = RedisFeatureStore(self.redis, self.features, prefix=settings.redis_prefix)
+        self.checkpoints = RedisCheckpointStore(self.redis, prefix=settings.redis_prefix)
+        self.counters = Counters()
+        self.scorer: Scorer | None = None
+        self.learner: DelayedLabelLearner | None = None
+        self._ready = asyncio.Event()
+        self._starting = asyncio.Lock()
+
+    async def ready(self) -> Scorer:
+        """Load the policy and the newest model once; every agent waits for it."""
+        async with self._starting:
+            if self.scorer is None:
+                policy = Policy.load(self.settings.policy, known_features=self.features.names)
+                checkpoint = await self._load_checkpoint()
+                self.scorer = Scorer(self.store, checkpoint, policy)  # type: ignore[arg-type]
+                log.info(
+                    "scorer ready",
+                    extra={
+                        "model_version": checkpoint.model_version,
+                        "policy_version": policy.version,
+                    },
+                )
+                self._ready.set()
+        return self.scorer
+
+    async def _load_checkpoint(self) -> Checkpoint:
+        checkpoint = await self.checkpoints.load_latest()
+        if checkpoint is None:
+            log.warning("no model checkpoint in Redis: starting from a fresh model")
+            checkpoint = Checkpoint(
+                version=0, created_at=time.time(), trained_on=0, model=FraudModel()
+            )
+        return checkpoint
+
+    async def start_learner(self) -> DelayedLabelLearner:
+        """The learner continues from the newest checkpoint (its own copy of the model)."""
+        if self.learner is None:
+            checkpoint = await self._load_checkpoint()
+            self.learner = DelayedLabelLearner(
+                checkpoint.model,
+                label_delay=self.settings.label_delay_days * DAY,
+                publish_every=self.settings.publish_every_s,
+                version=checkpoint.version,
+            )
+            log.info("learner ready", extra={"model_version": checkpoint.model_version})
+        return self.learner
+
+    async def retry_redis(self, what: str, call: Any) -> Any:
+        """Run ``call()`` until Redis answers; the batch waits, nothing is skipped or lost."""
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except _REDIS_ERRORS as exc:
+                self.counters.redis_retries += 1
+                log.warning(
+                    "redis unavailable; retrying", extra={"during": what, "error": str(exc)}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def swap_if_newer(self) -> bool:
+        scorer = self.scorer
+        if scorer is None:
+            return False
+        checkpoint = await self.checkpoints.load_newer(scorer.checkpoint.version)
+        if checkpoint is None or not scorer.swap(checkpoint):
+            return False
+        self.counters.model_swaps += 1
+        log.info("model swapped in", extra={"model_version": checkpoint.model_version})
+        return True
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def dead_letter(event: EventT, error: str, field_name: str | None = None) -> bytes:
+    """The DLQ record of a bad message: why, where it came from, and its bytes (PANs masked)."""
+    message = event.message
+    raw: bytes = message.value if isinstance(message.value, bytes) else b""
+    doc: dict[str, Any] = {
+        "error": error,
+        "field": field_name,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "received_at": time.time(),
+    }
+    try:
+        doc["raw"] = mask_pan(raw.decode("utf-8"))
+        doc["raw_encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        doc["raw"] = base64.b64encode(raw).decode()
+        doc["raw_encoding"] = "base64"
+    return orjson.dumps(doc)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:
+    """The Faust app with its agents, bound to ``settings``."""
+    runtime = runtime or Runtime(settings)
+    app = faust.App(
+        settings.group,
+        broker=settings.broker_urls,
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee=settings.guarantee,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
+        broker_commit_interval=1.0,
+        producer_linger=0.005,
+        stream_buffer_maxsize=max(4_096, settings.batch_size * 4),
+        worker_redirect_stdouts=False,
+    )
+    topics = settings.topics()
+    transactions = app.topic(
+        settings.topic_transactions, partitions=topics[settings.topic_transactions]
+    )
+    decisions = app.topic(settings.topic_decisions, partitions=topics[settings.topic_decisions])
+    escalations = app.topic(
+        settings.topic_escalations, partitions=topics[settings.topic_escalations]
+    )
+    dlq = app.topic(settings.topic_dlq, partitions=topics[settings.topic_dlq])
+    labels = app.topic(settings.topic_labels, partitions=1)
+    labels_dlq = app.topic(settings.topic_labels_dlq, partitions=1)
+    observations = app.topic(settings.topic_observations, partitions=1)
+    learn_channel = app.topic(settings.topic_labels, settings.topic_observations, partitions=1)
+    wait = settings.batch_wait_ms / 1000.0
+    counters = runtime.counters
+
+    async def score_batch(events: Sequence[EventT]) -> None:
+        scorer = await runtime.ready()
+        started = time.time()
+        txs = []
+        for event in events:
+            try:
+                tx = transaction_from_wire(orjson.loads(event.message.value))
+            except orjson.JSONDecodeError as exc:
+                await _dead_letter(dlq, event, f"not JSON: {exc}")
+                continue
+            except InvalidRecord as exc:
+                await _dead_letter(dlq, event, str(exc), exc.field)
+                continue
+            txs.append(tx)
+        if not txs:
+            return
+        vectors = await runtime.retry_redis("features", lambda: runtime.store.update_many(txs))
+        observed = []
+        for tx, vector in zip(txs, vectors, strict=True):
+            features = vector.values
+            decision = scorer.decide(tx, features, scorer.score(features), started)
+            payload = orjson.dumps(decision.to_wire())
+            key = tx.card_id.encode()
+            await decisions.send(key=key, value=payload)
+            action = decision.action.value
+            counters.by_action[action] = counters.by_action.get(action, 0) + 1
+            if decision.action is not Action.APPROVE:
+                await escalations.send(key=key, value=payload)
+                counters.escalated += 1
+            if settings.learn:
+                observed.append([tx.tx_id, tx.ts, features])
+        counters.scored += len(txs)
+        if observed:
+            await observations.send(value=orjson.dumps(observed))
+
+    async def _dead_letter(
+        topic: faust.types.TopicT, event: EventT, error: str, field_name: str | None = None
+    ) -> None:
+        counters.dead_lettered += 1
+        log.warning(
+            "record dead-lettered",
+            extra={
+                "topic": event.message.topic,
+                "partition": event.message.partition,
+                "offset": event.message.offset,
+                "error": error,
+            },
+        )
+        await topic.send(key=event.message.key, value=dead_letter(event, error, field_name))
+
+    @app.agent(transactions, name="score")
+    async def score(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, within=wait):
+            await score_batch(events)
+
+    @app.agent(labels, name="labels")
+    async def record_labels(stream: faust.StreamT) -> None:
+        await runtime.ready()
+        async for events in stream.take_events(settings.batch_size, within=wait):
+            known: list[tuple[str, bool]] = []
+            for event in events:
+                try:
+                    label = label_from_wire(orjson.loads(event.message.value))
+                except orjson.JSONDecodeError as exc:
+                    await _dead_letter(labels_dlq, event, f"not JSON: {exc}")
+                    continue
+                except InvalidRecord as exc:
+                    await _dead_letter(labels_dlq, event, str(exc), exc.field)
+                    continue
+                known.append((label.tx_id, label.is_fraud))
+            if known:
+                await runtime.retry_redis(
+                    "labels", lambda known=known: runtime.store.record_labels(known)
+                )
+                counters.labels += len(known)
+
+    if settings.learn:
+
+        @app.agent(learn_channel, name="learn")
+        async def learn(stream: faust.StreamT) -> None:
+            learner = await runtime.start_learner()
+            async for event in stream.events():
+                message = event.message
+                try:
+                    doc = orjson.loads(message.value)
+                except orjson.JSONDecodeError:
+                    continue  # the labels agent dead-letters it
+                if message.topic == settings.topic_observations:
+                    newest = -math.inf
+                    for tx_id, ts, features in doc:
+                        learner.observe(tx_id, ts, features)
+                        newest = max(newest, ts)
+                    learner.advance(newest)
+                else:
+                    try:
+                        label: Label = label_from_wire(doc)
+                    except InvalidRecord:
+                        continue
+                    learner.on_label(label)
+                now = learner.now
+                if math.isfinite(now) and learner.checkpoint_due(now):
+                    checkpoint = learner.checkpoint(now)
+                    await runtime.retry_redis(
+                        "checkpoint", lambda c=checkpoint: runtime.checkpoints.publish(c)
+                    )
+
+    @app.timer(interval=settings.model_poll_s, name="model-poll")
+    async def poll_model() -> None:
+        if runtime.scorer is not None:
+            await runtime.retry_redis("model poll", runtime.swap_if_newer)
+
+    app.fraud_runtime = runtime  # type: ignore[attr-defined]
+    return app, runtime
