@@ -50,7 +50,7 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
     app, _ = create_app(settings)
     worker = _Worker(app, settings)
-    log.info(
+    logging.getLogger("fraudstream.worker").info(
         "worker starting",
         extra={
             "group": settings.group,
@@ -157,7 +157,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _stop_children(children: list[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job
     deadline = time.monotonic() + grace
     for child in children:
         try:
