@@ -42,6 +42,7 @@ from models.policy import Policy
 from models.records import Action, Label, label_from_wire, mask_pan, transaction_from_wire
 from models.scoring import Scorer
 from processor.checkpoints import RedisCheckpointStore
+from processor.narrator import install_narrator
 from processor.redis_store import RedisFeatureStore
 from processor.settings import Settings
 
@@ -322,5 +323,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         if runtime.scorer is not None:
             await runtime.retry_redis("model poll", runtime.swap_if_newer)
 
+    install_narrator(app, settings, runtime)
     app.fraud_runtime = runtime  # type: ignore[attr-defined]
     return app, runtime
