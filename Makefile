@@ -19,13 +19,17 @@ install: $(STAMP)
 
 # The real servers the integration tests start: Debian's redis-server (installed when it is not on
 # PATH) and the Apache Kafka broker's jars, fetched with Maven into ~/.cache/fraudstream (or
-# $FRAUD_KAFKA_HOME) when missing. Needs a JDK 17 and Maven.
+# $FRAUD_KAFKA_HOME) when missing. Needs a JDK 17 and Maven. The browser tests drive Debian's
+# chromium, installed here the same way.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 services: install
 	@command -v redis-server >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+	@command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 	$(BIN)/python -m tests.services.kafka prepare
 
 lint: install
@@ -44,12 +48,13 @@ test: lint typecheck services
 	$(BIN)/pytest -q tests
 	FRAUD_TEST_STACK=embedded $(BIN)/pytest -q tests/integration
 
-# Until the streaming stack lands, `make run` shows the scoring core at work: it simulates a
-# small fortnight of payments and backtests it, printing the detection report.
+# The whole system on this machine in one command: the embedded broker and Valkey, a worker, the
+# API with its console, and a live feed — the handbook's payments when $(DATA) is there, else a
+# simulated month — its first week fast-forwarded so the model has learned, then paced at about 30
+# payments a second. Prints the console's address and a sign-in token; Ctrl-C stops everything.
+# More options: make run UP_ARGS="--feed-speed 120x --warmup-days 3" (see fraudstream up --help).
 run: install
-	$(BIN)/fraudstream simulate --days 30 --customers 1000 --terminals 2000 --out .run/simulated.csv
-	$(BIN)/fraudstream backtest .run/simulated.csv --preset handbook --report .run/report
-	@echo "report: file://$(CURDIR)/.run/report/index.html"
+	$(BIN)/fraudstream up --feed $(if $(wildcard $(DATA)),replay --feed-file $(DATA),simulate) $(UP_ARGS)
 
 backtest: install
 	$(BIN)/fraudstream backtest $(DATA) --preset handbook \

@@ -239,7 +239,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
             action = decision.action.value
             counters.by_action[action] = counters.by_action.get(action, 0) + 1
             if decision.action is not Action.APPROVE:
-                await escalations.send(key=key, value=payload)
+                # The narrator also needs what the payment said (merchant name, memo, ...).
+                case = orjson.dumps({**decision.to_wire(), "transaction": tx.to_wire()})
+                await escalations.send(key=key, value=case)
                 counters.escalated += 1
             if settings.learn:
                 observed.append([tx.tx_id, tx.ts, features])

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 
+from api import commands as api_commands
 from models.errors import FraudstreamError
 from processor import worker as worker_commands
 from replay import commands as replay_commands
@@ -28,6 +29,7 @@ app.command("worker")(worker_commands.worker)
 app.command("replay")(replay_producer.replay)
 app.command("backtest")(replay_commands.backtest)
 app.command("simulate")(replay_commands.simulate)
+app.command("api")(api_commands.api)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -73,6 +73,7 @@ class _EmbeddedProcess:
         self._given_run_dir = run_dir
         self._run_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     # -- what a concrete server says -------------------------------------------------------------
 
@@ -113,7 +114,11 @@ class _EmbeddedProcess:
         return self.run_dir / f"{self.name}.log"
 
     def start(self) -> Self:
-        """Spawn the server and return once a client can use it, or raise with its log's tail."""
+        """Spawn the server and return once a client can use it, or raise with its log's tail.
+
+        Blocks; from a coroutine, ``await asyncio.to_thread(server.start)``. A restart after
+        ``stop()`` or ``kill()`` comes back on the same port, so clients can reconnect.
+        """
         if self.running:
             return self
         # A free port can be taken by someone else between our probe and the server's bind: when
@@ -134,6 +139,7 @@ class _EmbeddedProcess:
                 if died and attempt < attempts and _port_in_use(self.port):
                     continue
                 raise
+            self._requested_port = self.port
             log.info(
                 "embedded %s ready",
                 self.name,
@@ -147,15 +153,23 @@ class _EmbeddedProcess:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_grace if grace is None else grace)
-            except subprocess.TimeoutExpired:
-                log.warning("embedded %s ignored SIGTERM; killing it", self.name)
-                proc.kill()
-                proc.wait()
+        if proc.poll() is not None:
+            log.warning(
+                "embedded %s had already exited with code %s; its log is kept",
+                self.name,
+                proc.returncode,
+                extra={"log": str(self.log_path)},
+            )
+            self._forget(remove_run_dir=False)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(self.stop_grace if grace is None else grace)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded %s ignored SIGTERM; killing it", self.name)
+            proc.kill()
+            proc.wait()
         self._forget(remove_run_dir=True)
 
     def kill(self) -> None:
@@ -220,7 +234,7 @@ class _EmbeddedProcess:
     def _log_tail(self) -> str:
         try:
             with open(self.log_path, "rb") as f:
-                f.seek(getattr(self, "_log_offset", 0))
+                f.seek(self._log_offset)
                 lines = f.read().decode(errors="replace").splitlines()
         except OSError:
             return "(no log)"

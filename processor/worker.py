@@ -17,6 +17,7 @@ import typer
 
 from models.errors import FraudstreamError
 from processor import logs
+from processor.feed import FeedKind
 from processor.settings import Settings
 
 log = logging.getLogger("fraudstream.up")
@@ -90,19 +91,57 @@ def up(
     run_dir: Annotated[
         Path, typer.Option(help="Where the embedded services keep their logs.")
     ] = Path(".run"),
+    api: Annotated[
+        bool, typer.Option("--api/--no-api", help="Run the analyst API and console.")
+    ] = True,
+    feed: Annotated[
+        FeedKind,
+        typer.Option(help="Payments to send: none, a simulated month, or a file (--feed-file)."),
+    ] = FeedKind.NONE,
+    feed_file: Annotated[Path | None, typer.Option(help="The file `--feed replay` sends.")] = None,
+    feed_speed: Annotated[
+        str, typer.Option(help="Pace of the feed: auto (about 30 payments/s), e.g. 60x, or max.")
+    ] = "auto",
+    warmup_days: Annotated[
+        float,
+        typer.Option(
+            help="Days of the feed sent unpaced first, so the model learns before you look."
+        ),
+    ] = 7.0,
+    label_delay: Annotated[
+        float,
+        typer.Option(
+            help="With a feed: days until a fraud's label is sent (and the learner's delay)."
+        ),
+    ] = 1.0,
 ) -> None:
-    """Start the local stack: embedded broker, Valkey, topics and a worker; Ctrl-C stops it.
+    """Start the local stack: embedded broker, Valkey, topics, a worker, the API and console, and
+    optionally a live feed of payments; Ctrl-C (or SIGTERM) stops it all.
 
     FRAUD_KAFKA_BOOTSTRAP / FRAUD_REDIS_URL, when set, are used instead of the embedded ones.
     """
     from processor.embedded import EmbeddedKafka, EmbeddedValkey
+    from processor.feed import feed_command, start_console
 
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)
+    # SIGTERM is Ctrl-C from the start: a stop during start-up still stops what was started.
+    signal.signal(signal.SIGTERM, _interrupt)
     run_dir.mkdir(parents=True, exist_ok=True)
     services: list[EmbeddedKafka | EmbeddedValkey] = []
     children: list[subprocess.Popen[bytes]] = []
+    feeders: list[subprocess.Popen[bytes]] = []  # a feed that ends leaves the stack running
     try:
+        feed_args = None
+        if feed is not FeedKind.NONE:
+            feed_args = feed_command(
+                feed,
+                feed_file,
+                speed=feed_speed,
+                warmup_days=warmup_days,
+                label_delay=label_delay,
+                run_dir=run_dir,
+            )
         env = dict(os.environ)
         if not settings.kafka_bootstrap:
             kafka = EmbeddedKafka().start()
@@ -122,19 +161,63 @@ def up(
         )
         asyncio.run(create_topics(settings))
         log.info("topics ready", extra={"topics": ",".join(settings.topics())})
-        children.append(
-            subprocess.Popen([sys.executable, "-m", "processor.cli", "worker"], env=env)
-        )
-        typer.echo(
-            f"fraudstream is up: FRAUD_KAFKA_BOOTSTRAP={env['FRAUD_KAFKA_BOOTSTRAP']} "
-            f"FRAUD_REDIS_URL={env['FRAUD_REDIS_URL']} (Ctrl-C stops it)",
-            err=True,
-        )
-        _supervise(children)
+        if feed_args is not None and "FRAUD_LABEL_DELAY_DAYS" not in os.environ:
+            # The learner takes "no fraud reported" as legit after the delay the feed keeps.
+            env["FRAUD_LABEL_DELAY_DAYS"] = f"{label_delay:g}"
+        # The children log to files: on the terminal, the address and token stay in view.
+        worker_log = run_dir / "worker.log"
+        with open(worker_log, "wb") as out:  # one run per file
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "processor.cli", "worker"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        console = None
+        if api:
+            console = start_console(env, run_dir)
+            children.append(console.process)
+            console.wait_ready()
+        if feed_args is not None:
+            feeders.append(subprocess.Popen(feed_args, env=env, stdin=subprocess.DEVNULL))
+        lines = ["fraudstream is up; Ctrl-C stops it"]
+        if console is not None:
+            lines.append(f"  console   {console.url}")
+            if console.token is not None:
+                # Printed here once, for the person at this terminal; never logged.
+                lines.append(f"  token     {console.token}   (analyst, made for this run)")
+                lines.append(f"  sign in   {console.url}#token={console.token}")
+            else:
+                lines.append("  sign in   with a token from FRAUD_API_TOKENS")
+        if feed_args is not None:
+            source = "a simulated month" if feed is FeedKind.SIMULATE else str(feed_file)
+            pace = "about 30 payments a second" if feed_speed == "auto" else feed_speed
+            lines.append(
+                f"  feed      {source}: {warmup_days:g} days at full speed, then {pace}; "
+                f"fraud labels {label_delay:g} day{'' if label_delay == 1 else 's'} late"
+            )
+        lines.append(f"  kafka     FRAUD_KAFKA_BOOTSTRAP={env['FRAUD_KAFKA_BOOTSTRAP']}")
+        lines.append(f"  redis     FRAUD_REDIS_URL={env['FRAUD_REDIS_URL']}")
+        logs_shown = [str(worker_log)] + ([str(console.log_path)] if console else [])
+        lines.append(f"  logs      {'  '.join(logs_shown)}")
+        typer.echo("\n".join(lines), err=True)
+        try:
+            _supervise(children)
+        except FraudstreamError:
+            for child in children:
+                if child.poll() is not None:
+                    name = str(child.args[-1])
+                    tail = (run_dir / f"{name}.log").read_text(errors="replace").splitlines()
+                    typer.echo(f"--- the end of {run_dir / name}.log:", err=True)
+                    typer.echo("\n".join(tail[-30:]), err=True)
+            raise
     except KeyboardInterrupt:
         pass
     finally:
-        _stop_children(children)
+        _stop_children([*feeders, *children])
         for service in reversed(services):
             service.stop()
         log.info("stopped")

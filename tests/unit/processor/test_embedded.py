@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -191,9 +191,9 @@ def test_stop_leaves_no_process_and_no_temp_dir(kind: type[EmbeddedKafka | Embed
     server.stop()  # twice is harmless
 
 
-def test_kill_is_a_crash_and_start_comes_back(valkey: EmbeddedValkey) -> None:
+def test_kill_is_a_crash_and_start_comes_back_on_the_same_port() -> None:
     server = EmbeddedValkey().start()
-    pid = server.pid
+    pid, url = server.pid, server.url
     assert pid is not None
     server.kill()
     assert gone(pid)
@@ -201,9 +201,21 @@ def test_kill_is_a_crash_and_start_comes_back(valkey: EmbeddedValkey) -> None:
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
     server.start()
     try:
-        assert redis.Redis.from_url(server.url).ping()
+        assert server.url == url
+        assert redis.Redis.from_url(url).ping()
     finally:
         server.stop()
+
+
+async def test_a_broker_started_from_a_coroutine_serves_it() -> None:
+    broker = EmbeddedKafka()
+    await asyncio.to_thread(broker.start)
+    try:
+        await ensure_topics(broker.bootstrap, {"labels": 2})
+        assert await partition_counts(broker.bootstrap, ["labels"]) == {"labels": 2}
+    finally:
+        await asyncio.to_thread(broker.stop)
+    assert broker.pid is None
 
 
 def test_valkey_with_a_data_dir_keeps_its_data(tmp_path: Path) -> None:
@@ -215,7 +227,7 @@ def test_valkey_with_a_data_dir_keeps_its_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", [EmbeddedKafka, EmbeddedValkey])
-def test_a_taken_port_fails_with_the_servers_own_words(
+def test_a_taken_port_is_refused_with_a_clear_error(
     kind: type[EmbeddedKafka | EmbeddedValkey],
 ) -> None:
     with socket.socket() as taken:
@@ -279,4 +291,3 @@ def test_no_orphans_after_a_normal_exit() -> None:
     pids = [int(pid) for pid in done.stdout.split()]
     assert len(pids) == 2
     assert all(wait_gone(pid, timeout=5) for pid in pids)
-    assert os.getpid() not in pids
