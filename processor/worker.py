@@ -48,7 +48,12 @@ def run_worker(settings: Settings) -> None:
             "embedded local stack)"
         )
     logs.configure(settings.log_level, settings.log_json)
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    try:
+        import uvloop
+
+        asyncio.set_event_loop(uvloop.new_event_loop())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.set_event_loop(asyncio.new_event_loop())
     app, _ = create_app(settings)
     worker = _Worker(app, settings)
     logging.getLogger("fraudstream.worker").info(
