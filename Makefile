@@ -60,8 +60,9 @@ backtest: install
 	$(BIN)/fraudstream backtest $(DATA) --preset handbook \
 	  --test-from 2018-07-25 --test-to 2018-07-31 --report bench/out/backtest-report
 
-bench: install
+bench: install services
 	$(BIN)/python -m bench.run --data $(DATA) --out bench/results.json
+	$(BIN)/python -m bench.worker --data $(DATA) --out bench/worker.json
 
 clean:
 	rm -rf $(VENV) .run bench/out .pytest_cache .mypy_cache .ruff_cache
