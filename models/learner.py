@@ -9,9 +9,8 @@ live system learn the same things in the same order.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from models.checkpoint import Checkpoint
 from models.model import FraudModel
@@ -20,10 +19,8 @@ from models.records import Label
 DAY = 86_400.0
 
 
-@dataclass(slots=True)
-class _Pending:
-    ts: float
-    features: Mapping[str, float]
+# A scored transaction waiting for its label: (event time, tx_id, features).
+_Pending = tuple[float, str, Mapping[str, float]]
 
 
 class DelayedLabelLearner:
@@ -52,7 +49,11 @@ class DelayedLabelLearner:
         self.learned = 0
         self.learned_fraud = 0
         self.unmatched_labels = 0
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # Held transactions by tx_id, and the same in arrival order; a transaction learned on
+        # its label leaves the dict at once and the queue when it reaches the head (the dict
+        # no longer holding that very entry is what marks it gone).
+        self._pending: dict[str, _Pending] = {}
+        self._queue: deque[_Pending] = deque()
         self._early: OrderedDict[str, bool] = OrderedDict()
         self._last_publish: float | None = None
 
@@ -65,11 +66,13 @@ class DelayedLabelLearner:
         """Remember a scored transaction; learn it at once if its label came first."""
         if tx_id in self._pending:
             return  # redelivery: learn each transaction once
-        early = self._early.pop(tx_id, None)
+        early = self._early.pop(tx_id, None) if self._early else None
         if early is not None:
             self._learn(features, early)
             return
-        self._pending[tx_id] = _Pending(ts, features)
+        item = (ts, tx_id, features)
+        self._pending[tx_id] = item
+        self._queue.append(item)
 
     def on_label(self, label: Label) -> bool:
         """A label became known: learn its transaction now. False if it is not held (yet)."""
@@ -80,7 +83,7 @@ class DelayedLabelLearner:
             while len(self._early) > self.max_early_labels:
                 self._early.popitem(last=False)
             return False
-        self._learn(item.features, label.is_fraud)
+        self._learn(item[2], label.is_fraud)
         return True
 
     def advance(self, now: float) -> int:
@@ -89,14 +92,19 @@ class DelayedLabelLearner:
             return 0
         self.now = now
         due = now - self.label_delay
-        pending = self._pending
+        pending, queue = self._pending, self._queue
         count = 0
-        while pending:
-            tx_id, item = next(iter(pending.items()))
-            if item.ts > due:
+        while queue:
+            item = queue[0]
+            tx_id = item[1]
+            if pending.get(tx_id) is not item:
+                queue.popleft()  # learned on its label already
+                continue
+            if item[0] > due:
                 break
+            queue.popleft()
             del pending[tx_id]
-            self._learn(item.features, False)
+            self._learn(item[2], False)
             count += 1
         return count
 

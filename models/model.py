@@ -36,18 +36,40 @@ def bands(features: Mapping[str, float]) -> dict[str, float]:
     """One-hot band indicators of the amount, of the amount against the card's history and of
     the terminals' known fraud rates."""
     out: dict[str, float] = {}
-    for name, value in features.items():
-        if name == "amount":
-            edges = _AMOUNT_BANDS
-        elif name.startswith("card_amount_ratio"):
-            edges = _RATIO_BANDS
-        elif name.startswith("terminal_risk"):
-            edges = _RISK_BANDS
-        else:
-            continue
-        edge = edges[max(bisect_right(edges, value) - 1, 0)]
-        out[f"{name}_band_{edge:g}"] = 1.0
+    for name, edges, labels in _band_plan(tuple(features)):
+        out[labels[bisect_right(edges, features[name])]] = 1.0
     return out
+
+
+# (feature, band edges, indicator names) for the banded features of a feature layout, in the
+# layout's order; built once per layout, since the names and the edges never change. A value's
+# band is the last edge at or below it (the first edge for a value below them all), so the names
+# are indexed by ``bisect_right``: the first edge's name twice, then one name per edge.
+_BandPlan = tuple[tuple[str, tuple[float, ...], tuple[str, ...]], ...]
+_BAND_PLANS: dict[tuple[str, ...], _BandPlan] = {}
+_MAX_BAND_PLANS = 64  # layouts are few (one per feature store); ad-hoc dicts must not pile up
+
+
+def _band_plan(names: tuple[str, ...]) -> _BandPlan:
+    plan = _BAND_PLANS.get(names)
+    if plan is None:
+        steps = []
+        for name in names:
+            if name == "amount":
+                edges = _AMOUNT_BANDS
+            elif name.startswith("card_amount_ratio"):
+                edges = _RATIO_BANDS
+            elif name.startswith("terminal_risk"):
+                edges = _RISK_BANDS
+            else:
+                continue
+            names_by_edge = tuple(f"{name}_band_{edge:g}" for edge in edges)
+            steps.append((name, edges, (names_by_edge[0], *names_by_edge)))
+        plan = tuple(steps)
+        if len(_BAND_PLANS) >= _MAX_BAND_PLANS:
+            _BAND_PLANS.clear()
+        _BAND_PLANS[names] = plan
+    return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +163,10 @@ class FraudModel:
             self._anomaly.learn_one(x)
 
     def _linear_input(self, x: Mapping[str, float]) -> dict[str, float]:
+        """The scaled features followed by their band indicators (as ``bands`` gives them)."""
         scaled: dict[str, float] = self._scaler.transform_one(x)
-        scaled.update(bands(x))
+        for name, edges, labels in _band_plan(tuple(x)):
+            scaled[labels[bisect_right(edges, x[name])]] = 1.0
         return scaled
 
     def explain_one(self, features: Mapping[str, float], top: int = 3) -> list[tuple[str, float]]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from models.checkpoint import Checkpoint
 from models.features import FeatureStore
 from models.policy import Policy
-from models.records import Action, Decision, Transaction
+from models.records import Action, Decision, Reason, Transaction
 
 
 class Scorer:
@@ -45,10 +45,11 @@ class Scorer:
     def score(self, features: Mapping[str, float]) -> float:
         return self.model.score_one(features)
 
-    def decide(
-        self, tx: Transaction, features: Mapping[str, float], score: float, started: float
-    ) -> Decision:
-        """Apply the policy to a scored transaction; explain it unless it is a plain approve."""
+    def judge(
+        self, tx: Transaction, features: Mapping[str, float], score: float
+    ) -> tuple[Action, tuple[Reason, ...]]:
+        """The policy's action on a scored transaction and its reasons, explained unless it is
+        a plain approve. What :meth:`decide` records; a backtest needs only this."""
         policy = self.policy
         contributions = (
             self.model.explain_one(features, policy.explain_top)
@@ -59,6 +60,13 @@ class Scorer:
         if action is not Action.APPROVE and not contributions:
             contributions = self.model.explain_one(features, policy.explain_top)
             action, reasons = policy.decide(tx, score, features, contributions)
+        return action, reasons
+
+    def decide(
+        self, tx: Transaction, features: Mapping[str, float], score: float, started: float
+    ) -> Decision:
+        """Apply the policy to a scored transaction; explain it unless it is a plain approve."""
+        action, reasons = self.judge(tx, features, score)
         now = self._clock()
         return Decision(
             tx_id=tx.tx_id,
@@ -72,7 +80,7 @@ class Scorer:
             reasons=reasons,
             features=features,
             model_version=self.model_version,
-            policy_version=policy.version,
+            policy_version=self.policy.version,
             decided_at=now,
             latency_ms=(now - started) * 1000.0,
         )

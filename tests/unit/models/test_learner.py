@@ -60,6 +60,32 @@ def test_redelivered_observations_are_learned_once() -> None:
     assert model.seen == [("a", False)]
 
 
+def test_what_waits_out_the_delay_is_learned_in_arrival_order() -> None:
+    model = RecordingModel()
+    learner = DelayedLabelLearner(model, label_delay=DAY)
+    for name, ts in (("a", 0.0), ("b", 10.0), ("c", 20.0), ("d", 30.0)):
+        learner.observe(name, ts, {"tx": name, "amount": 1.0})
+    assert learner.on_label(Label("c", True, "analyst", 25.0))
+    assert learner.pending == 3
+    assert learner.advance(DAY + 10.0) == 2
+    assert model.seen == [("c", True), ("a", False), ("b", False)]
+    assert learner.advance(DAY + 30.0) == 1  # "c" was learned on its label, not again
+    assert model.seen[-1] == ("d", False)
+    assert learner.pending == 0 and learner.learned == 4
+
+
+def test_a_later_transaction_observed_first_holds_back_those_behind_it() -> None:
+    """Learning follows arrival order, as the stream delivered it: a transaction stamped later
+    than the ones after it keeps them waiting until its own delay has passed."""
+    model = RecordingModel()
+    learner = DelayedLabelLearner(model, label_delay=DAY)
+    learner.observe("late-stamp", 100.0, {"tx": "late-stamp", "amount": 1.0})
+    learner.observe("early-stamp", 0.0, {"tx": "early-stamp", "amount": 1.0})
+    assert learner.advance(DAY + 50.0) == 0
+    assert learner.advance(DAY + 100.0) == 2
+    assert [tx for tx, _ in model.seen] == ["late-stamp", "early-stamp"]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_model_never_sees_the_future(seed: int) -> None:
     """Drive a random stream; at every learn, the label must already be known on the clock."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ast
+import math
 import random
+from bisect import bisect_right
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from models import model as model_module
+from models.features import FeatureConfig
 from models.model import FraudModel, ModelConfig, bands
 
 MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
@@ -68,6 +73,61 @@ def test_explanations_name_what_raised_the_score() -> None:
 )
 def test_bands(features: dict[str, float], expected: dict[str, float]) -> None:
     assert bands(features) == expected
+
+
+def bands_by_definition(features: Mapping[str, float]) -> dict[str, float]:
+    """The band indicators spelled out, edge by edge, with no precomputed names."""
+    out: dict[str, float] = {}
+    for name, value in features.items():
+        if name == "amount":
+            edges = model_module._AMOUNT_BANDS
+        elif name.startswith("card_amount_ratio"):
+            edges = model_module._RATIO_BANDS
+        elif name.startswith("terminal_risk"):
+            edges = model_module._RISK_BANDS
+        else:
+            continue
+        edge = edges[max(bisect_right(edges, value) - 1, 0)]
+        out[f"{name}_band_{edge:g}"] = 1.0
+    return out
+
+
+# Every edge, just below and above it, below the first and past the last, and NaN.
+ALL_EDGES = (*model_module._AMOUNT_BANDS, *model_module._RATIO_BANDS, *model_module._RISK_BANDS)
+EDGE_VALUES = sorted(
+    {v for e in ALL_EDGES for v in (e, math.nextafter(e, -math.inf), math.nextafter(e, math.inf))}
+    | {-1.0, 0.0, 1e6}
+)
+
+
+@pytest.mark.parametrize("value", [*EDGE_VALUES, math.nan])
+def test_bands_agree_with_the_definition_at_every_edge(value: float) -> None:
+    features = {name: value for name in FeatureConfig().names}
+    assert list(bands(features).items()) == list(bands_by_definition(features).items())
+
+
+def test_bands_follow_each_layout() -> None:
+    rng = random.Random(5)
+    names = list(FeatureConfig().names)
+    for _ in range(200):
+        layout = rng.sample(names, rng.randrange(len(names) + 1))
+        features = {name: rng.uniform(-1.0, 1200.0) for name in layout}
+        assert list(bands(features).items()) == list(bands_by_definition(features).items())
+    assert len(model_module._BAND_PLANS) <= model_module._MAX_BAND_PLANS
+
+
+def test_the_linear_input_is_the_scaled_features_then_their_bands() -> None:
+    """What score_one and learn_one feed the regression, key order included (it sets the order
+    of the sums): the scaler's output, then the bands, as the uncached path built it."""
+    model = FraudModel()
+    for x, y in stream(500):
+        model.learn_one(x, y)
+    rng = random.Random(3)
+    for _ in range(100):
+        x = {name: rng.uniform(0.0, 500.0) for name in FeatureConfig().names}
+        expected = model._scaler.transform_one(x)
+        expected.update(bands_by_definition(x))
+        assert list(model._linear_input(x).items()) == list(expected.items())
 
 
 @pytest.mark.parametrize(

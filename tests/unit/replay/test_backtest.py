@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 from datetime import date
 from pathlib import Path
 
@@ -86,3 +87,32 @@ def test_malformed_rows_are_counted_and_strict_stops(tmp_path: Path, simulated: 
     assert result.rows == 198
     with pytest.raises(BacktestAborted, match="line 5: amount"):
         run_backtest(read_transactions(bad, PRESETS["handbook"]), BacktestConfig(strict=True))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_collection_is_paused_for_the_run_and_restored_after(
+    tmp_path: Path, simulated: Path, strict: bool
+) -> None:
+    from replay.backtest import BacktestAborted
+
+    lines = simulated.read_text().splitlines()[:50]
+    lines[-1] = lines[-1].replace(",", ";")  # the last row is malformed: strict stops there
+    path = tmp_path / "short.csv"
+    path.write_text("\n".join(lines) + "\n")
+    collecting: list[bool] = []
+
+    def source():  # type: ignore[no-untyped-def]
+        for item in read_transactions(path, PRESETS["handbook"]):
+            collecting.append(gc.isenabled())
+            yield item
+
+    assert gc.isenabled()
+    try:
+        result = run_backtest(source(), BacktestConfig(strict=strict))
+    except BacktestAborted:
+        assert strict
+    else:
+        assert not strict
+        assert list(result.timings) == ["read", "learn", "features", "score", "decide"]
+    assert len(collecting) == 49 and not any(collecting)
+    assert gc.isenabled()
