@@ -35,19 +35,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import orjson
 import typer
 
 from models.errors import FraudstreamError
-from models.records import Transaction
 from processor import logs
 from replay.producer import (
     DAY,
     ReplayStats,
     events,
     parse_speed,
+    send_record,
     start_producer,
-    transaction_bytes,
 )
 from replay.readers import BadRow, Row
 
@@ -167,21 +165,7 @@ async def feed_async(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
                 stats.lag = max(0.0, -ahead)
-            if isinstance(record, Transaction):
-                future = await producer.send(
-                    topic, transaction_bytes(record), key=record.card_id.encode()
-                )
-                stats.sent += 1
-                stats.last_line = line
-                stats.last_ts = record.ts
-                if stats.first_ts is None:
-                    stats.first_ts = record.ts
-            else:
-                future = await producer.send(
-                    labels_topic, orjson.dumps(record.to_wire()), key=record.tx_id.encode()
-                )
-                stats.labels += 1
-            in_flight.append(future)
+            in_flight.append(await send_record(producer, record, line, stats, topic, labels_topic))
             if len(in_flight) >= 5_000:
                 await asyncio.gather(*in_flight)
                 in_flight.clear()

@@ -173,6 +173,30 @@ async def start_producer(bootstrap: str, idempotent: bool | None) -> AIOKafkaPro
     return producer
 
 
+async def send_record(
+    producer: AIOKafkaProducer,
+    record: Transaction | Label,
+    line: int,
+    stats: ReplayStats,
+    topic: str,
+    labels_topic: str,
+) -> asyncio.Future[Any]:
+    """Hand one transaction (keyed by card) or label (keyed by tx) to the producer; count it."""
+    if isinstance(record, Transaction):
+        future = await producer.send(topic, transaction_bytes(record), key=record.card_id.encode())
+        stats.sent += 1
+        stats.last_line = line
+        stats.last_ts = record.ts
+        if stats.first_ts is None:
+            stats.first_ts = record.ts
+        return future
+    future = await producer.send(
+        labels_topic, orjson.dumps(record.to_wire()), key=record.tx_id.encode()
+    )
+    stats.labels += 1
+    return future
+
+
 async def replay_async(
     rows: Iterable[Row | BadRow],
     *,
@@ -214,21 +238,7 @@ async def replay_async(
                     stats.lag = 0.0
                 else:
                     stats.lag = -ahead
-            if isinstance(record, Transaction):
-                future = await producer.send(
-                    topic, transaction_bytes(record), key=record.card_id.encode()
-                )
-                stats.sent += 1
-                stats.last_line = line
-                stats.last_ts = record.ts
-                if stats.first_ts is None:
-                    stats.first_ts = record.ts
-            else:
-                future = await producer.send(
-                    labels_topic, orjson.dumps(record.to_wire()), key=record.tx_id.encode()
-                )
-                stats.labels += 1
-            in_flight.append(future)
+            in_flight.append(await send_record(producer, record, line, stats, topic, labels_topic))
             if len(in_flight) >= 10_000:
                 await asyncio.gather(*in_flight)
                 in_flight.clear()
