@@ -42,6 +42,7 @@ from models.policy import Policy
 from models.records import Action, Label, label_from_wire, mask_pan, transaction_from_wire
 from models.scoring import Scorer
 from processor.checkpoints import RedisCheckpointStore
+from processor.metrics import BATCHES
 from processor.narrator import install_narrator
 from processor.redis_store import RedisFeatureStore
 from processor.settings import Settings
@@ -257,6 +258,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
             pending.append(await emit(observations, None, orjson.dumps(observed)))
         # The batch's offsets are committed once this returns: its decisions are on the broker.
         await asyncio.gather(*(p for p in pending if p is not None))
+        BATCHES.observe(len(txs), time.time() - started)
 
     async def emit(topic: faust.types.TopicT, key: bytes | None, value: bytes) -> Any:
         """Hand a record to the producer; a future when sent directly, None through Faust."""

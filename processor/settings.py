@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "at_least_once", description="exactly_once needs Kafka transactions (not on Tansu)."
     )
     session_timeout_s: float = Field(10.0, gt=0, description="Consumer group session timeout.")
+    metrics_port: int = Field(
+        9102, ge=0, le=65535, description="Port of the worker's Prometheus /metrics (0: off)."
+    )
+    metrics_host: str = Field(
+        "0.0.0.0", description="Address /metrics listens on (all interfaces: a scrape target)."
+    )
     log_level: str = "INFO"
     log_json: bool | None = Field(None, description="JSON logs (default: when not a terminal).")
 

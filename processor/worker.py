@@ -16,7 +16,7 @@ import faust
 import typer
 
 from models.errors import FraudstreamError
-from processor import logs
+from processor import logs, metrics
 from processor.feed import FeedKind
 from processor.settings import Settings
 
@@ -54,7 +54,8 @@ def run_worker(settings: Settings) -> None:
         asyncio.set_event_loop(uvloop.new_event_loop())
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         asyncio.set_event_loop(asyncio.new_event_loop())
-    app, _ = create_app(settings)
+    app, runtime = create_app(settings)
+    metrics.serve(settings, runtime)
     worker = _Worker(app, settings)
     logging.getLogger("fraudstream.worker").info(
         "worker starting",
@@ -166,6 +167,7 @@ def up(
         )
         asyncio.run(create_topics(settings))
         log.info("topics ready", extra={"topics": ",".join(settings.topics())})
+        env.update(_worker_metrics_env(settings))
         if feed_args is not None and "FRAUD_LABEL_DELAY_DAYS" not in os.environ:
             # The learner takes "no fraud reported" as legit after the delay the feed keeps.
             env["FRAUD_LABEL_DELAY_DAYS"] = f"{label_delay:g}"
@@ -204,6 +206,9 @@ def up(
                 f"  feed      {source}: {warmup_days:g} days at full speed, then {pace}; "
                 f"fraud labels {label_delay:g} day{'' if label_delay == 1 else 's'} late"
             )
+        if env.get("FRAUD_METRICS_PORT", "0") != "0":
+            shown = metrics.shown_host(env["FRAUD_METRICS_HOST"])
+            lines.append(f"  metrics   http://{shown}:{env['FRAUD_METRICS_PORT']}/metrics (worker)")
         lines.append(f"  kafka     FRAUD_KAFKA_BOOTSTRAP={env['FRAUD_KAFKA_BOOTSTRAP']}")
         lines.append(f"  redis     FRAUD_REDIS_URL={env['FRAUD_REDIS_URL']}")
         logs_shown = [str(worker_log)] + ([str(console.log_path)] if console else [])
@@ -226,6 +231,17 @@ def up(
         for service in reversed(services):
             service.stop()
         log.info("stopped")
+
+
+def _worker_metrics_env(settings: Settings) -> dict[str, str]:
+    """Where the worker child serves ``/metrics``: loopback unless FRAUD_METRICS_HOST is set,
+    on FRAUD_METRICS_PORT or, when another process (another stack's worker) has it, a free one.
+    """
+    if settings.metrics_port == 0:
+        return {"FRAUD_METRICS_PORT": "0"}
+    host = settings.metrics_host if os.environ.get("FRAUD_METRICS_HOST") else "127.0.0.1"
+    port = metrics.pick_port(host, settings.metrics_port)
+    return {"FRAUD_METRICS_HOST": host, "FRAUD_METRICS_PORT": str(port)}
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> None:

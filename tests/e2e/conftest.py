@@ -4,11 +4,13 @@ The broker and Redis are the integration suite's session fixtures (``FRAUD_TEST_
 them the same way); on top, each test gets its own topics and Redis prefix, a worker process, the
 API as a subprocess on a free port with a token of its own, and a headless Debian ``chromium``
 driven by Playwright (``FRAUD_TEST_CHROMIUM`` names another binary). Nothing is downloaded:
-``make services`` installs the browser with apt.
+``make services`` installs the browser with apt. The worker's narrator writes from its template
+(``console``) or streams from the test OpenAI-compatible server (``llm_console``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.async_api import Browser, Page, expect
 
 from processor.worker import create_topics
 from tests.integration.conftest import (  # noqa: F401  (fixtures, re-exported for this package)
@@ -32,6 +35,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures, re-exported f
     test_stack,
 )
 from tests.integration.harness import ROOT, Stack, WorkerProcess
+from tests.llm_server import LLMServer
 from tests.services.ports import free_port
 
 _HERE = Path(__file__).parent
@@ -50,6 +54,9 @@ rules:
     priority: 10
     text: "Amount of 120 or more (the browser test's rule)"
 """
+
+
+LLM_MODEL = "e2e-narrator"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -96,19 +103,18 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: 
     raise TimeoutError(f"`fraudstream api` not ready after {timeout:.0f}s: {last}")
 
 
-@pytest.fixture
-async def console(
-    kafka_bootstrap: str,  # noqa: F811
-    redis_url: str,  # noqa: F811
+@contextlib.asynccontextmanager
+async def open_console(
+    bootstrap: str,
+    redis: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    extra: dict[str, str] | None = None,
 ) -> AsyncIterator[Console]:
-    """A worker and ``fraudstream api`` on their own topics, with an analyst token."""
-    # The narrator writes from its template: no LLM is reached from a test.
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    """A worker and ``fraudstream api`` on their own topics, with an analyst token; ``extra``
+    is added to both processes' environment."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(TEST_POLICY)
-    stack = Stack(kafka_bootstrap, redis_url, extra={"FRAUD_POLICY": str(policy)})
+    stack = Stack(bootstrap, redis, extra={"FRAUD_POLICY": str(policy), **(extra or {})})
     await create_topics(stack.settings())
     worker = WorkerProcess(stack, tmp_path).start()
 
@@ -147,6 +153,62 @@ async def console(
         worker.stop()
 
 
+@pytest.fixture
+async def console(
+    kafka_bootstrap: str,  # noqa: F811
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Console]:
+    """The stack with the template narrator: no API key, so no LLM is reached."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    async with open_console(kafka_bootstrap, redis_url, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def llm() -> Iterator[LLMServer]:
+    """The test OpenAI-compatible server (``tests/llm_server.py``); tests script its replies."""
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def llm_console(
+    kafka_bootstrap: str,  # noqa: F811
+    redis_url: str,  # noqa: F811
+    tmp_path: Path,
+    llm: LLMServer,
+) -> AsyncIterator[Console]:
+    """The stack with the worker's narrator pointed at ``llm`` as model ``LLM_MODEL``.
+
+    The narrator's stall and call timeouts are long, so a test may hold a reply mid-stream
+    (``Reply.stall_after``, then ``llm.release()``) while the browser catches up.
+    """
+    extra = {
+        "OPENAI_API_KEY": "e2e-test-key",
+        "OPENAI_BASE_URL": llm.base_url,
+        "FRAUD_LLM_MODEL": LLM_MODEL,
+        "FRAUD_LLM_STALL_TIMEOUT_S": "60",
+        "FRAUD_LLM_TIMEOUT_S": "120",
+    }
+    async with open_console(kafka_bootstrap, redis_url, tmp_path, extra) as running:
+        yield running
+
+
+async def sign_in(page: Page, console: Console) -> None:
+    """Sign in as the analyst (after a wrong token is refused) and wait for the live stream."""
+    await page.goto(console.base_url)
+    await expect(page.locator("#login")).to_be_visible()
+    await page.fill("#token-input", "not-a-token")
+    await page.click("#login-button")
+    await expect(page.locator("#login-error")).to_contain_text("not valid")
+    await page.fill("#token-input", console.token)
+    await page.click("#login-button")
+    await expect(page.locator("#app")).to_be_visible()
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open", timeout=15_000)
+
+
 def chromium_path() -> str:
     found = os.environ.get("FRAUD_TEST_CHROMIUM") or shutil.which("chromium")
     if not found:
@@ -155,7 +217,7 @@ def chromium_path() -> str:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[object]:
+async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium (Debian's), driven by Playwright over its own pipe."""
     from playwright.async_api import async_playwright
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Page, Request, expect
+from playwright.async_api import Browser, Request, expect
 
 from replay.producer import replay_async
-from tests.e2e.conftest import Console
+from tests.e2e.conftest import Console, sign_in
 from tests.integration.harness import ROOT, handbook_rows, read_topic
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -30,20 +30,8 @@ REPLAY_SECONDS = 12.0  # paced, so rows arrive while the page watches
 DOCS_SCREENSHOT = ROOT / "docs" / "console.png"
 
 
-async def sign_in(page: Page, console: Console) -> None:
-    await page.goto(console.base_url)
-    await expect(page.locator("#login")).to_be_visible()
-    await page.fill("#token-input", "not-a-token")
-    await page.click("#login-button")
-    await expect(page.locator("#login-error")).to_contain_text("not valid")
-    await page.fill("#token-input", console.token)
-    await page.click("#login-button")
-    await expect(page.locator("#app")).to_be_visible()
-    await expect(page.locator("#conn")).to_have_attribute("data-state", "open", timeout=15_000)
-
-
 async def test_an_analyst_watches_opens_a_case_and_gives_a_verdict(
-    console: Console, browser, artifacts: Path
+    console: Console, browser: Browser, artifacts: Path
 ) -> None:
     context = await browser.new_context(
         viewport={"width": 1440, "height": 900}, locale="en-US", timezone_id="UTC"

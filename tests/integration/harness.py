@@ -63,6 +63,7 @@ class Stack:
             "FRAUD_MODEL_POLL_S": "0.2",
             "FRAUD_SESSION_TIMEOUT_S": "6",
             "FRAUD_LOG_JSON": "true",
+            "FRAUD_METRICS_PORT": "0",  # tests that read /metrics pass a free port
         }
         env.update(self.extra)
         return env
