@@ -12,11 +12,13 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from enum import StrEnum
 from typing import Any
 
 from models.errors import InvalidRecord
+from models.pan import PAN_MAX, PAN_MIN
+from models.pan import mask_pan as mask_pan  # re-exported: the records' masking
 
 # Epoch bounds a payment timestamp may take: anything else is a unit mistake or garbage.
 _MIN_TS = 0.0
@@ -26,9 +28,13 @@ _NAIVE_EPOCH = datetime(
     1970, 1, 1
 )  # numbers above this are epoch milliseconds, below epoch seconds
 
-_PAN_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 _MAX_TEXT = 1024
+_MAX_ID = 128
+# Integers an unknown field may hold: what JSON encoders write (signed or unsigned 64 bits).
+_INT_LOW, _INT_HIGH = -(2**63), 2**64
+# Integers that may be card numbers when written out: 13 to 19 digits.
+_PAN_LOW, _PAN_HIGH = 10 ** (PAN_MIN - 1), 10**PAN_MAX
 
 _REQUIRED = ("tx_id", "ts", "card_id", "merchant_id", "amount", "currency")
 _OPTIONAL_TEXT = ("mcc", "country", "channel", "device_id", "ip", "merchant_name", "memo")
@@ -48,33 +54,6 @@ class Action(StrEnum):
 
 
 _SEVERITY = {Action.APPROVE: 0, Action.REVIEW: 1, Action.DECLINE: 2}
-
-
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _mask_match(match: re.Match[str]) -> str:
-    raw = match.group(0)
-    digits = raw.replace(" ", "").replace("-", "")
-    if not _luhn_ok(digits):
-        return raw
-    return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
-
-
-def mask_pan(text: str) -> str:
-    """Mask every card-number-looking run (13-19 digits passing Luhn) to BIN + last four."""
-    if len(text) < 13:
-        return text
-    return _PAN_CANDIDATE.sub(_mask_match, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +177,67 @@ def format_ts(ts: float) -> str:
     return text.replace("+00:00", "Z")
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as an error message may quote it: short, one line, card numbers masked.
+
+    Text is masked before ``repr`` escapes its invisible separators (an escaped one still reads
+    as a separator) and before the cut, on enough of it to hold any card number starting inside,
+    so a number cut in two is never shown half unmasked.
+    """
+    if isinstance(value, str):
+        return repr(mask_pan(value[: limit + 40]))[:limit]
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too long to show"
+    return mask_pan(text[: limit + 40])[:limit]
+
+
+def _is_unicode(text: str) -> bool:
+    """No lone surrogates: the text can be encoded as UTF-8 and sent on."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_text(text: str, name: str) -> str:
+    """``text`` if it is valid Unicode, else :class:`InvalidRecord` naming the field."""
+    if not _is_unicode(text):
+        raise InvalidRecord(f"{name}: not valid Unicode text", field=name)
+    return text
+
+
+def _as_text(value: str | int, name: str, limit: int) -> str:
+    """Text or an integer as text, at most ``limit`` characters, card numbers masked."""
+    if type(value) is not str:
+        # An integer too long to even print (str() refuses beyond 4300 digits).
+        if isinstance(value, int) and value.bit_length() > 4 * limit:
+            raise InvalidRecord(f"{name}: longer than {limit} characters", field=name)
+        value = str(value)
+    if len(value) > limit:
+        raise InvalidRecord(f"{name}: longer than {limit} characters", field=name)
+    if len(value) < PAN_MIN:  # the common case, on every row of a backtest: nothing to mask
+        return value if value.isascii() else _checked_text(value, name)
+    return mask_pan(_checked_text(value, name))
+
+
 def parse_ts(value: Any, name: str = "ts") -> float:
     """Event time as epoch seconds from RFC 3339 text (no zone means UTC) or epoch milliseconds."""
     if isinstance(value, bool):
         raise InvalidRecord(f"{name}: expected a timestamp, got a boolean", field=name)
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise InvalidRecord(f"{name}: not a finite number", field=name)
-        seconds = value / 1000.0 if abs(value) >= _MS_THRESHOLD else float(value)
+        try:
+            if not math.isfinite(value):
+                raise InvalidRecord(f"{name}: not a finite number", field=name)
+            seconds = value / 1000.0 if abs(value) >= _MS_THRESHOLD else float(value)
+        except OverflowError:  # an integer beyond any float
+            raise InvalidRecord(
+                f"{name}: {_shown(value)} is outside 1970..2100", field=name
+            ) from None
     elif isinstance(value, str):
         text = value.strip()
         if not text:
@@ -216,16 +248,18 @@ def parse_ts(value: Any, name: str = "ts") -> float:
             moment = datetime.fromisoformat(text)
         except ValueError:
             raise InvalidRecord(
-                f"{name}: {value[:40]!r} is neither RFC 3339 nor epoch milliseconds", field=name
+                f"{name}: {_shown(value)} is neither RFC 3339 nor epoch milliseconds", field=name
             ) from None
         if moment.tzinfo is None:  # no zone means UTC; subtracting a naive epoch is cheapest
             seconds = (moment - _NAIVE_EPOCH).total_seconds()
         else:
             seconds = moment.timestamp()
     else:
-        raise InvalidRecord(f"{name}: expected text or a number, got {type(value).__name__}")
+        raise InvalidRecord(
+            f"{name}: expected text or a number, got {type(value).__name__}", field=name
+        )
     if not _MIN_TS <= seconds < _MAX_TS:
-        raise InvalidRecord(f"{name}: {value!r} is outside 1970..2100", field=name)
+        raise InvalidRecord(f"{name}: {_shown(value)} is outside 1970..2100", field=name)
     return seconds
 
 
@@ -237,10 +271,7 @@ def _text(raw: Mapping[str, Any], name: str, *, required: bool) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidRecord(f"{name}: expected text, got {type(value).__name__}", field=name)
-    text = str(value)
-    if len(text) > _MAX_TEXT:
-        raise InvalidRecord(f"{name}: longer than {_MAX_TEXT} characters", field=name)
-    return mask_pan(text)
+    return _as_text(value, name, _MAX_TEXT)
 
 
 def _number(raw: Mapping[str, Any], name: str, *, required: bool) -> float | None:
@@ -256,10 +287,13 @@ def _number(raw: Mapping[str, Any], name: str, *, required: bool) -> float | Non
         try:
             value = float(text)
         except ValueError:
-            raise InvalidRecord(f"{name}: {text[:40]!r} is not a number", field=name) from None
+            raise InvalidRecord(f"{name}: {_shown(text)} is not a number", field=name) from None
     if not isinstance(value, int | float):
         raise InvalidRecord(f"{name}: expected a number, got {type(value).__name__}", field=name)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidRecord(f"{name}: not a finite number", field=name)
     return number
@@ -269,12 +303,7 @@ def transaction_from_wire(raw: Mapping[str, Any]) -> Transaction:
     """Validate a wire dictionary into a :class:`Transaction` or raise :class:`InvalidRecord`."""
     if not isinstance(raw, Mapping):
         raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
-    tx_id = raw.get("tx_id")
-    if isinstance(tx_id, bool) or not isinstance(tx_id, str | int) or str(tx_id) == "":
-        raise InvalidRecord("tx_id: missing or not text", field="tx_id")
-    tx_id = str(tx_id)
-    if len(tx_id) > 128:
-        raise InvalidRecord("tx_id: longer than 128 characters", field="tx_id")
+    tx_id = _tx_id(raw)
     if "ts" not in raw:
         raise InvalidRecord("ts: missing", field="ts")
     ts = parse_ts(raw["ts"])
@@ -284,8 +313,12 @@ def transaction_from_wire(raw: Mapping[str, Any]) -> Transaction:
         raise InvalidRecord("amount: negative", field="amount")
     currency = _text(raw, "currency", required=True)
     assert currency is not None
+    if not currency.isascii():  # "ﬀi".upper() is "FFI": only ASCII letters are a code
+        raise InvalidRecord(
+            f"currency: {_shown(currency)} is not an ISO 4217 code", field="currency"
+        )
     currency = currency.upper()
-    if not _CURRENCY.match(currency):
+    if not _CURRENCY.fullmatch(currency):
         raise InvalidRecord(
             f"currency: {currency[:10]!r} is not an ISO 4217 code", field="currency"
         )
@@ -295,11 +328,7 @@ def transaction_from_wire(raw: Mapping[str, Any]) -> Transaction:
         raise InvalidRecord("lat: outside -90..90", field="lat")
     if lon is not None and not -180 <= lon <= 180:
         raise InvalidRecord("lon: outside -180..180", field="lon")
-    extra = {
-        key: mask_pan(value) if isinstance(value, str) and len(value) >= 13 else value
-        for key, value in raw.items()
-        if key not in _KNOWN
-    }
+    extra = _extra(raw)
     card_id = _text(raw, "card_id", required=True)
     merchant_id = _text(raw, "merchant_id", required=True)
     assert card_id is not None and merchant_id is not None
@@ -321,6 +350,66 @@ def transaction_from_wire(raw: Mapping[str, Any]) -> Transaction:
     )
 
 
+def _tx_id(raw: Mapping[str, Any]) -> str:
+    """The record's id: non-empty text (or an integer), at most 128 characters, PANs masked."""
+    tx_id = raw.get("tx_id")
+    if isinstance(tx_id, bool) or not isinstance(tx_id, str | int) or tx_id == "":
+        raise InvalidRecord("tx_id: missing or not text", field="tx_id")
+    return _as_text(tx_id, "tx_id", _MAX_ID)
+
+
+def _extra(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The unknown fields, kept to be sent on: card numbers masked, JSON values only."""
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _KNOWN:
+            continue
+        if type(value) is str and type(key) is str and value.isascii() and key.isascii():
+            extra[mask_pan(key)] = mask_pan(value)  # the common case: plain text
+            continue
+        try:
+            if not isinstance(key, str) or not _is_unicode(key):
+                raise ValueError("the field name is not text")
+            extra[mask_pan(key)] = _masked_value(value)
+        except ValueError as exc:
+            # The name is outside data too: shown short, escaped and masked.
+            name = _shown(key)
+            raise InvalidRecord(f"{name}: {exc}", field=name) from None
+    return extra
+
+
+def _masked_value(value: Any) -> Any:
+    """An unknown field's value with card numbers masked, however deep or typed as a number.
+
+    It is kept to be sent on, so it must be JSON: anything else fails the record here rather
+    than the producer or the worker later (``ValueError`` says why).
+    """
+    if value is None or isinstance(value, bool | float | date | time):
+        return value
+    if isinstance(value, str):
+        if not _is_unicode(value):
+            raise ValueError("not valid Unicode text")
+        return mask_pan(value)
+    if isinstance(value, int):
+        if not _INT_LOW <= value < _INT_HIGH:
+            raise ValueError("an integer beyond 64 bits")
+        if _PAN_LOW <= abs(value) < _PAN_HIGH:
+            text = str(value)
+            masked = mask_pan(text)
+            return value if masked == text else masked
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not _is_unicode(key):
+                raise ValueError("a key inside is not text")
+            out[mask_pan(key)] = _masked_value(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [_masked_value(item) for item in value]
+    raise ValueError(f"a {type(value).__name__} value is not JSON")
+
+
 _LABELS = {"fraud": True, "legit": False}
 _SOURCES = frozenset({"chargeback", "analyst", "replay"})
 
@@ -329,19 +418,17 @@ def label_from_wire(raw: Mapping[str, Any]) -> Label:
     """Validate a wire dictionary into a :class:`Label` or raise :class:`InvalidRecord`."""
     if not isinstance(raw, Mapping):
         raise InvalidRecord(f"expected a JSON object, got {type(raw).__name__}")
-    tx_id = raw.get("tx_id")
-    if isinstance(tx_id, bool) or not isinstance(tx_id, str | int) or str(tx_id) == "":
-        raise InvalidRecord("tx_id: missing or not text", field="tx_id")
+    tx_id = _tx_id(raw)
     label = raw.get("label")
-    if label not in _LABELS:
+    if not isinstance(label, str) or label not in _LABELS:
         raise InvalidRecord("label: expected 'fraud' or 'legit'", field="label")
     source = raw.get("source")
-    if source not in _SOURCES:
+    if not isinstance(source, str) or source not in _SOURCES:
         raise InvalidRecord(f"source: expected one of {sorted(_SOURCES)}", field="source")
     if "known_at" not in raw:
         raise InvalidRecord("known_at: missing", field="known_at")
     return Label(
-        tx_id=str(tx_id),
+        tx_id=tx_id,
         is_fraud=_LABELS[label],
         source=source,
         known_at=parse_ts(raw["known_at"], "known_at"),

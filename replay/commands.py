@@ -23,7 +23,15 @@ from models.model import MODEL_KINDS, OPTIMIZERS, ModelConfig
 from models.policy import Policy
 from processor import logs
 from replay.backtest import BacktestAborted, BacktestConfig, BacktestResult, iter_scores
-from replay.readers import PRESETS, BadRow, ColumnMapping, ReaderError, Row, read_transactions
+from replay.readers import (
+    PRESETS,
+    BadRow,
+    ColumnMapping,
+    ColumnsMissing,
+    ReaderError,
+    Row,
+    read_transactions,
+)
 from replay.summary import Evaluation, evaluate
 
 log = logging.getLogger("fraudstream.backtest")
@@ -58,9 +66,7 @@ def open_rows(file: Path, preset: str | None, columns: str | None) -> Iterator[R
     for mapping in PRESETS.values():
         try:
             return read_transactions(file, mapping)
-        except ReaderError as exc:
-            if "is not in the file" not in str(exc):
-                raise
+        except ColumnsMissing as exc:  # JSONL says "the first record" where CSV says "the file"
             first = first or exc
     assert first is not None
     raise ReaderError(f"{first} — name the layout with --preset or --columns")

@@ -36,6 +36,7 @@ __all__ = [
     "PRESETS",
     "BadRow",
     "ColumnMapping",
+    "ColumnsMissing",
     "ReaderError",
     "Row",
     "detect_format",
@@ -65,6 +66,10 @@ _LABEL_VALUES: dict[Any, bool | None] = {
 
 class ReaderError(FraudstreamError):
     """The file as a whole cannot be read: missing, unknown format, wrong columns, no rows."""
+
+
+class ColumnsMissing(ReaderError):
+    """The file lacks a column the mapping needs: another layout (preset) may fit it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,16 +353,16 @@ def _check_columns(
     has = f"(it has: {_listing(list(index))})"
     for name, column in mapping.columns.items():
         if column not in index:
-            raise ReaderError(f"{path}: column {column!r} for {name} is not in {where} {has}")
+            raise ColumnsMissing(f"{path}: column {column!r} for {name} is not in {where} {has}")
     if mapping.label is not None and mapping.label not in index and not mapping.label_optional:
-        raise ReaderError(f"{path}: label column {mapping.label!r} is not in {where} {has}")
+        raise ColumnsMissing(f"{path}: label column {mapping.label!r} is not in {where} {has}")
     missing = [
         name
         for name in REQUIRED_FIELDS
         if name not in mapping.columns and name not in mapping.defaults and name not in index
     ]
     if missing:
-        raise ReaderError(
+        raise ColumnsMissing(
             f"{path}: no column for required field {', '.join(missing)} in {where}; "
             f"map it with --columns {has}"
         )
@@ -393,7 +398,16 @@ def _python_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
         column = column.cast(pa.string())
     elif pa.types.is_decimal(kind):
         column = column.cast(pa.float64())
+    elif pa.types.is_duration(kind):
+        column = column.cast(pa.int64())  # a count of the column's unit
     values: list[Any] = column.to_pylist()
+    if (
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+    ):
+        # Bytes are no JSON value; as text (bad bytes replaced) they can be read and sent on.
+        return [None if v is None else v.decode("utf-8", "replace") for v in values]
     return values
 
 
