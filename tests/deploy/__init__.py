@@ -1,0 +1,1 @@
+"""Deployment checks: the image, the Kubernetes manifests, settings parity, Redis sizing."""
