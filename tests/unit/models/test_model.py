@@ -151,3 +151,22 @@ def test_the_core_imports_no_io_library() -> None:
             else:
                 continue
             assert not {n.split(".")[0] for n in names} & banned, f"{path.name} imports {names}"
+
+
+@pytest.mark.parametrize("lr", [0.1, "inverse-scaling"])
+def test_our_adagrad_updates_the_weights_exactly_as_rivers(lr: object) -> None:
+    from river import linear_model, optim
+
+    def rate() -> float | optim.schedulers.InverseScaling:
+        return optim.schedulers.InverseScaling(0.5, power=0.3) if lr != 0.1 else 0.1
+
+    ours = linear_model.LogisticRegression(optimizer=model_module.AdaGrad(rate()))
+    river = linear_model.LogisticRegression(optimizer=optim.AdaGrad(rate()))
+    rng = random.Random(3)
+    for _ in range(2_000):
+        x = {f"f{i}": rng.gauss(0, 3) for i in range(rng.randint(1, 12))}
+        y = rng.random() < 0.1
+        ours.learn_one(x, y)
+        river.learn_one(x, y)
+    assert ours.weights == river.weights  # bit for bit, not approximately
+    assert ours.intercept == river.intercept
