@@ -43,6 +43,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.ceiling import bench_ceiling
+from bench.naive import bench_naive
 from bench.probes import (
     APPEND_TIME,
     Usage,
@@ -54,6 +55,7 @@ from bench.probes import (
     tx_id_of,
     wait_for_count,
 )
+from bench.scaling import bench_scaling
 from models.checkpoint import Checkpoint
 from models.features import InMemoryFeatureStore
 from models.learner import DelayedLabelLearner
@@ -69,6 +71,7 @@ from tests.services.redis import RedisServer
 TARGET_TX_PER_S = 10_000
 TARGET_SHARE = 0.60
 TARGET_P99_MS = 50.0
+NAIVE_ROWS = 10_000  # the one-at-a-time loop does ~100 tx/s: fewer rows than the worker
 
 
 def load_rows(data: Path, limit: int) -> list[Row]:
@@ -342,6 +345,8 @@ async def _run(
             int(settings.batch_wait_ms),
             throughput["decision_bytes_p50"],
         )
+        naive = await bench_naive(bench, throughput["topic"], min(rows, NAIVE_ROWS))
+        scaling = await bench_scaling(bench, rows, throughput)
         peak = throughput["tx_per_s"]
         latency = {
             f"{round(f * 100)}%": await bench_latency(bench, f * peak, seconds, profile=profile)
@@ -377,6 +382,9 @@ async def _run(
         "throughput": throughput,
         "ceiling": ceiling,
         "ceiling_decision_sized": sized,
+        "naive": naive,
+        "speedup_over_naive": round(throughput["tx_per_s"] / naive["tx_per_s"], 1),
+        "scaling": scaling,
         "share_of_ceiling": round(share, 3),
         "latency": latency,
         "targets": {
@@ -456,6 +464,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| share of ceiling | {result['share_of_ceiling']:.0%} | "
         f"{result['targets']['share_of_ceiling']:.0%} ({ok[met['share_of_ceiling']]}) |",
     ]
+    lines += _naive_and_scaling_rows(result, ok)
     for name, lat in result["latency"].items():
         a = lat["append_to_decision_received_ms"]
         target = (
@@ -473,6 +482,28 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _naive_and_scaling_rows(result: dict[str, Any], ok: dict[bool, str]) -> list[str]:
+    """The table rows of the naive loop and of two workers against one."""
+    nv, sc = result["naive"], result["scaling"]
+    two = sc["two_workers"]
+    cpu = two["cpu_share"]
+    return [
+        f"| naive loop: aiokafka one event at a time, one Redis command per feature "
+        f"({nv['redis_calls_per_tx']:g}/tx), send_and_wait, commit each ({nv['transactions']:,} "
+        f"rows) | {nv['tx_per_s']:,} tx/s, {nv['cpu_us_per_tx']['worker']:,.0f} µs CPU/tx; the "
+        f"worker is {result['speedup_over_naive']:g}x faster | |",
+        f"| two workers, one group, 10-90% ({two['transactions']:,} rows) | "
+        f"{two['tx_per_s_10_90']:,} tx/s, {sc['ratio']:g}x one worker's "
+        f"{sc['one_worker']['tx_per_s_10_90']:,}; lost {two['lost']}, duplicates "
+        f"{two['duplicates']} | {sc['target_ratio']:g}x ({ok[sc['met']]}) |",
+        f"| two workers' CPU: worker / worker / redis-server / broker | {cpu['worker']:.0%} / "
+        f"{cpu['worker_2']:.0%} / {cpu['redis']:.0%} / {cpu['kafka']:.0%} of a core; machine "
+        f"{two['machine_busy_share']:.0%} busy, load {two['load_after']}; the target takes "
+        f"{sc['cores_needed_for_target']:g} of {two['cores']} cores at "
+        f"{sc['all_processes_cpu_us_per_tx']:g} µs/tx | |",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
