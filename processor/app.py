@@ -39,7 +39,14 @@ from models.features import FeatureConfig
 from models.learner import DelayedLabelLearner
 from models.model import FraudModel
 from models.policy import Policy
-from models.records import Action, Label, label_from_wire, mask_pan, transaction_from_wire
+from models.records import (
+    Action,
+    Label,
+    Transaction,
+    label_from_wire,
+    mask_pan,
+    transaction_from_wire,
+)
 from models.scoring import Scorer
 from processor.checkpoints import RedisCheckpointStore
 from processor.metrics import BATCHES
@@ -124,17 +131,19 @@ class Runtime:
 
     async def retry_redis(self, what: str, call: Any) -> Any:
         """Run ``call()`` until Redis answers; the batch waits, nothing is skipped or lost."""
-        delay = 0.05
+        attempt = 0
         while True:
             try:
                 return await call()
             except _REDIS_ERRORS as exc:
-                self.counters.redis_retries += 1
-                log.warning(
-                    "redis unavailable; retrying", extra={"during": what, "error": str(exc)}
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await self.redis_failed(what, exc, attempt)
+                attempt += 1
+
+    async def redis_failed(self, what: str, exc: BaseException, attempt: int) -> None:
+        """Count and log a failed Redis call, then wait before the next try (backing off)."""
+        self.counters.redis_retries += 1
+        log.warning("redis unavailable; retrying", extra={"during": what, "error": str(exc)})
+        await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
     async def swap_if_newer(self) -> bool:
         scorer = self.scorer
@@ -149,6 +158,9 @@ class Runtime:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+DLQ_RAW_MAX = 65_536  # characters of a bad record kept in its DLQ record
 
 
 def dead_letter(event: EventT, error: str, field_name: str | None = None) -> bytes:
@@ -167,8 +179,15 @@ def dead_letter(event: EventT, error: str, field_name: str | None = None) -> byt
         doc["raw"] = mask_pan(raw.decode("utf-8"))
         doc["raw_encoding"] = "utf-8"
     except UnicodeDecodeError:
-        doc["raw"] = base64.b64encode(raw).decode()
+        # Mask what is text among the bad bytes too (they come back unchanged): base64 hides a
+        # card number from a glance, not from whoever decodes it.
+        text = mask_pan(raw.decode("utf-8", "surrogateescape"))
+        doc["raw"] = base64.b64encode(text.encode("utf-8", "surrogateescape")).decode()
         doc["raw_encoding"] = "base64"
+    if len(doc["raw"]) > DLQ_RAW_MAX:
+        # Escaped again in JSON, a huge bad record would outgrow a Kafka message, and a DLQ send
+        # that fails stops the agent: keep its head (whole base64 quads) and say so.
+        doc["raw"], doc["raw_truncated"], doc["raw_size"] = doc["raw"][:DLQ_RAW_MAX], True, len(raw)
     return orjson.dumps(doc)
 
 
@@ -235,30 +254,50 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
             txs.append(tx)
         if not txs:
             return
-        vectors = await runtime.retry_redis("features", lambda: runtime.store.update_many(txs))
         observed = []
         pending: list[Any] = []
-        for tx, vector in zip(txs, vectors, strict=True):
-            features = vector.values
-            decision = scorer.decide(tx, features, scorer.score(features), started)
-            wire = decision.to_wire()
-            key = tx.card_id.encode()
-            pending.append(await emit(decisions, key, orjson.dumps(wire)))
-            action = decision.action.value
-            counters.by_action[action] = counters.by_action.get(action, 0) + 1
-            if decision.action is not Action.APPROVE:
-                # The narrator also needs what the payment said (merchant name, memo, ...).
-                case = orjson.dumps({**wire, "transaction": tx.to_wire()})
-                pending.append(await emit(escalations, key, case))
-                counters.escalated += 1
-            if settings.learn:
-                observed.append([tx.tx_id, tx.ts, features])
+        done = 0
+        attempt = 0
+        while done < len(txs):
+            try:
+                # Scores each payment as soon as Redis has counted it, while Redis counts the
+                # next. After a lost connection the batch is counted again (idempotent) and the
+                # payments already decided are skipped.
+                async for vector in runtime.store.update_stream(txs, skip=done):
+                    await decide(scorer, txs[done], vector.values, started, pending, observed)
+                    done += 1
+            except _REDIS_ERRORS as exc:
+                await runtime.redis_failed("features", exc, attempt)
+                attempt += 1
         counters.scored += len(txs)
         if observed:
             pending.append(await emit(observations, None, orjson.dumps(observed)))
         # The batch's offsets are committed once this returns: its decisions are on the broker.
         await asyncio.gather(*(p for p in pending if p is not None))
         BATCHES.observe(len(txs), time.time() - started)
+
+    async def decide(
+        scorer: Scorer,
+        tx: Transaction,
+        features: dict[str, float],
+        started: float,
+        pending: list[Any],
+        observed: list[Any],
+    ) -> None:
+        """One payment's decision (and its escalation) to the producer."""
+        decision = scorer.decide(tx, features, scorer.score(features), started)
+        wire = decision.to_wire()
+        key = tx.card_id.encode()
+        pending.append(await emit(decisions, key, orjson.dumps(wire)))
+        action = decision.action.value
+        counters.by_action[action] = counters.by_action.get(action, 0) + 1
+        if decision.action is not Action.APPROVE:
+            # The narrator also needs what the payment said (merchant name, memo, ...).
+            case = orjson.dumps({**wire, "transaction": tx.to_wire()})
+            pending.append(await emit(escalations, key, case))
+            counters.escalated += 1
+        if settings.learn:
+            observed.append([tx.tx_id, tx.ts, features])
 
     async def emit(topic: faust.types.TopicT, key: bytes | None, value: bytes) -> Any:
         """Hand a record to the producer; a future when sent directly, None through Faust."""

@@ -50,9 +50,10 @@ agree on any stream whose late arrivals (and late redeliveries) don't reach belo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -67,6 +68,7 @@ __all__ = ["RedisFeatureStore", "RedisStoreError"]
 
 _SCRIPTS = ("card_update", "terminal_update", "card_label", "terminal_label")
 Command = tuple[Any, ...]
+_PER_TX = 3  # calls per transaction in an update: card script, terminal script, index SET
 
 
 class RedisStoreError(FraudstreamError):
@@ -176,6 +178,72 @@ class RedisFeatureStore:
         """Count each transaction (once) and return its features, in order, in one round trip."""
         if not txs:
             return []
+        commands, w = self._update_commands(txs)
+        replies = await self._execute(commands)
+        if w > self._watermark:  # only once counted, so a retried batch sees the same watermark
+            self._watermark = w
+        return self._vectors(txs, replies)
+
+    async def update_stream(
+        self, txs: Sequence[Transaction], skip: int = 0
+    ) -> AsyncIterator[FeatureVector]:
+        """:meth:`update_many`, yielding each transaction's features as soon as Redis answers.
+
+        The batch still goes in one write, and Redis runs it in order; the caller scores one
+        transaction while Redis counts the next, instead of waiting for the whole batch. The
+        first ``skip`` vectors are not yielded (a caller retrying after a lost connection has
+        them already; being idempotent, the calls give the same values again).
+        """
+        if not txs:
+            return
+        commands, w = self._update_commands(txs)
+        if not self._direct:
+            for vector in self._vectors(txs, await self._execute(commands))[skip:]:
+                yield vector
+        else:
+            if not self._loaded:
+                await self.load_scripts()
+            async for vector in self._stream_direct(txs, commands, skip):
+                yield vector
+        if w > self._watermark:
+            self._watermark = w
+
+    async def _stream_direct(
+        self, txs: Sequence[Transaction], commands: list[Command], skip: int
+    ) -> AsyncIterator[FeatureVector]:
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        rest: list[Any] = []
+        done = 0
+        try:
+            await conn.send_packed_command(_pack(commands), check_health=False)
+            async with asyncio.timeout(conn.socket_timeout):
+                for i, tx in enumerate(txs):
+                    replies = [await _read(conn) for _ in range(_PER_TX)]
+                    if any(isinstance(r, ResponseError) for r in replies):
+                        # Scripts lost (or an error): read the rest, then let the batch path
+                        # reload and re-run what failed and raise what cannot be re-run.
+                        rest = replies + [await _read(conn) for _ in commands[_PER_TX * (i + 1) :]]
+                        done = i
+                        break
+                    if i >= skip:
+                        yield self._vector(tx, replies[0], replies[1])
+                else:
+                    done = len(txs)
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never reuse this connection
+            raise
+        finally:
+            await pool.release(conn)
+        if done < len(txs):
+            replies = await self._repair(commands[_PER_TX * done :], rest)
+            for j, tx in enumerate(txs[done:], start=done):
+                if j >= skip:
+                    k = _PER_TX * (j - done)
+                    yield self._vector(tx, replies[k], replies[k + 1])
+
+    def _update_commands(self, txs: Sequence[Transaction]) -> tuple[list[Command], float]:
+        """Each transaction's calls (card, terminal, index: ``_PER_TX``) and the new watermark."""
         card_sha, term_sha = self._sha["card_update"], self._sha["terminal_update"]
         index_ttl = self._index_ttl_ms
         p = self.prefix
@@ -198,10 +266,7 @@ class RedisFeatureStore:
                  tx_id, ts_s, before, w_s))  # fmt: skip
             index = f"{w_s}|{len(card_id)}|{card_id}{merchant_id}"
             add(("SET", f"{p}:{{tx:{tx_id}}}", index, "NX", "PX", index_ttl))
-        replies = await self._execute(commands)
-        if w > self._watermark:  # only once counted, so a retried batch sees the same watermark
-            self._watermark = w
-        return self._vectors(txs, replies)
+        return commands, w
 
     async def update_one(self, tx: Transaction) -> FeatureVector:
         """Count ``tx`` (once) and return its features as of its event time."""
@@ -268,12 +333,16 @@ class RedisFeatureStore:
         if not self._loaded:
             await self.load_scripts()
         send = self._send_direct if self._direct else self._send_pipeline
-        replies = await send(commands)
+        return await self._repair(commands, await send(commands))
+
+    async def _repair(self, commands: list[Command], replies: list[Any]) -> list[Any]:
+        """Re-run the calls that met ``NOSCRIPT``; raise on any other error reply."""
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # The server lost the scripts: load them and re-run what failed, in order. A call
             # that ran already is not repeated, and each is idempotent on its tx_id anyway.
             await self.load_scripts()
+            send = self._send_direct if self._direct else self._send_pipeline
             again = await send([commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -295,11 +364,11 @@ class RedisFeatureStore:
         try:
             await conn.send_packed_command(_pack(commands), check_health=False)
             replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            # One deadline for the whole batch: a deadline per reply (redis-py's default) costs
+            # a timer per command, which was a tenth of the worker's time.
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in commands:
+                    replies.append(await _read(conn))
         except BaseException:
             await conn.disconnect()  # replies may be left unread: never reuse this connection
             raise
@@ -308,45 +377,54 @@ class RedisFeatureStore:
         return replies
 
     def _vectors(self, txs: Sequence[Transaction], replies: list[Any]) -> list[FeatureVector]:
+        vector = self._vector
+        return [
+            vector(tx, replies[_PER_TX * i], replies[_PER_TX * i + 1]) for i, tx in enumerate(txs)
+        ]
+
+    def _vector(self, tx: Transaction, card: Any, term: Any) -> FeatureVector:
         """Features from the scripts' replies, with the reference's arithmetic in its order."""
-        names = self.names
-        k, k2, longest_at = self._n_card, 2 * self._n_card, self._longest_at
+        k = self._n_card
+        k2 = 2 * k
         n_term = self._n_term
+        sep: Any = b"," if isinstance(card, bytes) else ","
+        f = card.split(sep)
+        amount = float(f[1])
+        t = float(f[2])
+        top = float(f[5 + k2]) + float(f[6 + k2])  # the reference's cum[end]
+        counts = [int(x) for x in f[5 : 5 + k]]
+        sums = [
+            top - float(first) if n else 0.0
+            for n, first in zip(counts, f[5 + k : 5 + k2], strict=True)
+        ]
+        values = [amount, float(f[3]), float(f[4])]
+        values += [float(n) for n in counts]
+        values += [s / n if n else 0.0 for s, n in zip(sums, counts, strict=True)]
+        g = term.split(sep)
+        term_counts = [int(x) for x in g[1 : 1 + n_term]]
+        values += [float(n) for n in term_counts]
+        values += [
+            int(nf) / n if n else 0.0 for nf, n in zip(g[1 + n_term :], term_counts, strict=True)
+        ]
+        at = self._longest_at
+        previous = counts[at] - 1
+        spent = sums[at] - amount
+        values.append(amount / (spent / previous) if previous and spent > 0 else 1.0)
+        before = f[7 + k2]
         longest = self._longest
-        log1p = math.log1p
-        out: list[FeatureVector] = []
-        for i, tx in enumerate(txs):
-            card, term = replies[3 * i], replies[3 * i + 1]
-            sep: Any = b"," if isinstance(card, bytes) else ","
-            f = card.split(sep)
-            amount = float(f[1])
-            t = float(f[2])
-            top = float(f[5 + k2]) + float(f[6 + k2])  # the reference's cum[end]
-            counts = [int(x) for x in f[5 : 5 + k]]
-            sums = [
-                top - float(first) if n else 0.0
-                for n, first in zip(counts, f[5 + k : 5 + k2], strict=True)
-            ]
-            values = [amount, float(f[3]), float(f[4])]
-            values += [float(n) for n in counts]
-            values += [s / n if n else 0.0 for s, n in zip(sums, counts, strict=True)]
-            g = term.split(sep)
-            term_counts = [int(x) for x in g[1 : 1 + n_term]]
-            values += [float(n) for n in term_counts]
-            values += [
-                int(nf) / n if n else 0.0
-                for nf, n in zip(g[1 + n_term :], term_counts, strict=True)
-            ]
-            previous = counts[longest_at] - 1
-            spent = sums[longest_at] - amount
-            values.append(amount / (spent / previous) if previous and spent > 0 else 1.0)
-            before = f[7 + k2]
-            values.append(min(t - float(before) if before else longest, longest) / 3_600.0)
-            values.append(float(f[8 + k2]))
-            values.append(float(f[9 + k2]))
-            values.append(log1p(amount))
-            out.append(FeatureVector(tx.tx_id, dict(zip(names, values, strict=True))))
-        return out
+        values.append(min(t - float(before) if before else longest, longest) / 3_600.0)
+        values.append(float(f[8 + k2]))
+        values.append(float(f[9 + k2]))
+        values.append(math.log1p(amount))
+        return FeatureVector(tx.tx_id, dict(zip(self.names, values, strict=True)))
+
+
+async def _read(conn: Any) -> Any:
+    """One reply; an error reply is returned, not raised (the caller sorts them out)."""
+    try:
+        return await conn.read_response(timeout=math.inf)  # the caller holds one deadline
+    except ResponseError as exc:
+        return exc
 
 
 def _pack(commands: list[Command]) -> bytes:
