@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ../shared/data/handbook-2018-04-01_2018-07-31.csv.gz
 
-.PHONY: install services run test lint typecheck unit bench backtest clean
+.PHONY: install services run test test-faults k8s-check lint typecheck unit bench backtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ services: install
 	@command -v chromium >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+	@command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
 	$(BIN)/python -m tests.services.kafka prepare
 
 lint: install
@@ -44,9 +47,20 @@ unit: install
 
 # The whole suite on Apache Kafka + redis-server, then the integration suite again on the embedded
 # pair (Tansu + Valkey) that `make run` uses.
-test: lint typecheck services
-	$(BIN)/pytest -q tests
+test: lint typecheck services k8s-check
+	$(BIN)/pytest -q tests --ignore=tests/faults
 	FRAUD_TEST_STACK=embedded $(BIN)/pytest -q tests/integration
+
+# Fault cases under load on Apache Kafka + a persistent redis-server (about 3 minutes): kill -9,
+# rebalance, Redis and broker restarts, a stalling LLM, poison records, a stalled SSE client.
+# Figures go to $$FRAUD_FAULTS_OUT (default bench/out/faults.json).
+test-faults: services
+	$(BIN)/pytest -q tests/faults
+
+# Render every Kustomize overlay and validate it offline (Kubernetes schemas, promtool, settings
+# parity, deployment rules), plus the Dockerfile's rules and hadolint.
+k8s-check: services
+	$(BIN)/python -m tests.deploy.check
 
 # The whole system on this machine in one command: the embedded broker and Valkey, a worker, the
 # API with its console, and a live feed — the handbook's payments when $(DATA) is there, else a
@@ -63,6 +77,7 @@ backtest: install
 bench: install services
 	$(BIN)/python -m bench.run --data $(DATA) --out bench/results.json
 	$(BIN)/python -m bench.worker --data $(DATA) --out bench/worker.json
+	$(BIN)/python -m bench.sse --out bench/sse.json
 
 clean:
 	rm -rf $(VENV) .run bench/out .pytest_cache .mypy_cache .ruff_cache
