@@ -23,9 +23,11 @@ import asyncio
 import base64
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -198,6 +200,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         settings.group,
         broker=settings.broker_urls,
         store="memory://",
+        # Faust keeps nothing there with the memory store, but creates it: never in the working
+        # directory (read-only in the container image, a clutter of folders elsewhere).
+        datadir=Path(tempfile.gettempdir()) / "fraudstream-{conf.name}-data",
         autodiscover=False,
         web_enabled=False,
         key_serializer="raw",
