@@ -121,7 +121,9 @@ async def test_an_evicted_cursor_gets_a_retention_gap_first(
 async def test_a_client_that_stops_reading_gets_a_gap_while_others_get_everything(
     start_api: Callable[..., LiveApi],
 ) -> None:
-    live = start_api(api_client_buffer=300, partitions=2)
+    # Dropped events are counted when the stalled client is next served; a send timeout longer
+    # than the run keeps it from being cut off instead (a slower broker makes the run longer).
+    live = start_api(api_client_buffer=300, partitions=2, api_send_timeout_s=600.0)
     bootstrap = live.settings.kafka_bootstrap
     burst, most = 100, 20_000
     rows: list[dict[str, object]] = []
