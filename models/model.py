@@ -85,9 +85,41 @@ class AdaGrad(optim.AdaGrad):  # type: ignore[misc]
         eps = self.eps
         g2 = self.g2
         for i, gi in g.items():
-            g2[i] += gi**2
-            w[i] -= lr / (g2[i] + eps) ** 0.5 * gi
+            g2i = g2[i] + gi**2  # River: g2[i] += gi**2, then reads g2[i] back
+            g2[i] = g2i
+            w[i] -= lr / (g2i + eps) ** 0.5 * gi
         return w
+
+
+class StandardScaler(preprocessing.StandardScaler):  # type: ignore[misc]
+    """River's StandardScaler with one more verb, :meth:`learn_transform_one`.
+
+    Learning a transaction and then scaling it walks its features twice; each feature's
+    statistics are its own, so updating and scaling feature by feature in one walk gives bit for
+    bit what ``learn_one`` then ``transform_one`` give, in less time (the scaler was a fifth of
+    the backtest).
+    """
+
+    def learn_transform_one(self, x: Mapping[str, float]) -> dict[str, float]:
+        """``learn_one(x)``, then ``transform_one(x)`` with what it learned."""
+        if self.window_size is not None or not self.with_std:
+            self.learn_one(x)
+            return dict(self.transform_one(x))
+        counts = self.counts
+        means = self.means
+        vars_ = self.vars
+        result = {}
+        for i, xi in x.items():
+            n = counts[i] + 1
+            counts[i] = n
+            old_mean = means[i]
+            mean = old_mean + (xi - old_mean) / n
+            means[i] = mean
+            var = vars_[i]
+            var = var + ((xi - old_mean) * (xi - mean) - var) / n
+            vars_[i] = var
+            result[i] = (xi - mean) / var**0.5 if var else 0.0
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +154,7 @@ class FraudModel:
         self.trained_on = 0
         self.frauds_seen = 0
         self._features = self.config.features
-        self._scaler = preprocessing.StandardScaler()
+        self._scaler = StandardScaler()
         self._linear: linear_model.LogisticRegression | None = None
         self._tree: tree.HoeffdingAdaptiveTreeClassifier | None = None
         self._anomaly: compose.Pipeline | None = None
@@ -171,18 +203,26 @@ class FraudModel:
         self.trained_on += 1
         if is_fraud:
             self.frauds_seen += 1
-        self._scaler.learn_one(x)
         if self._tree is not None:
+            self._scaler.learn_one(x)
             self._tree.learn_one(x, is_fraud)
             return
         assert self._linear is not None
-        self._linear.learn_one(self._linear_input(x), is_fraud)
+        if isinstance(self._scaler, StandardScaler):
+            scaled = self._scaler.learn_transform_one(x)
+            self._linear.learn_one(self._add_bands(scaled, x), is_fraud)
+        else:  # a checkpoint made before the scaler had learn_transform_one
+            self._scaler.learn_one(x)
+            self._linear.learn_one(self._linear_input(x), is_fraud)
         if self._anomaly is not None and not is_fraud:
             self._anomaly.learn_one(x)
 
     def _linear_input(self, x: Mapping[str, float]) -> dict[str, float]:
         """The scaled features followed by their band indicators (as ``bands`` gives them)."""
-        scaled: dict[str, float] = self._scaler.transform_one(x)
+        return self._add_bands(self._scaler.transform_one(x), x)
+
+    @staticmethod
+    def _add_bands(scaled: dict[str, float], x: Mapping[str, float]) -> dict[str, float]:
         for name, edges, labels in _band_plan(tuple(x)):
             scaled[labels[bisect_right(edges, x[name])]] = 1.0
         return scaled

@@ -170,3 +170,32 @@ def test_our_adagrad_updates_the_weights_exactly_as_rivers(lr: object) -> None:
         river.learn_one(x, y)
     assert ours.weights == river.weights  # bit for bit, not approximately
     assert ours.intercept == river.intercept
+
+
+def test_our_scaler_learns_and_scales_in_one_walk_exactly_as_rivers() -> None:
+    from river import preprocessing
+
+    ours = model_module.StandardScaler()
+    river = preprocessing.StandardScaler()
+    rng = random.Random(5)
+    for step in range(3_000):
+        # New features appear as the stream goes on, some stay constant (variance 0).
+        x = {f"f{i}": rng.gauss(i, 1 + i) for i in range(rng.randint(1, 6 + step // 500))}
+        x["constant"] = 7.0
+        river.learn_one(x)
+        assert list(ours.learn_transform_one(x).items()) == list(river.transform_one(x).items())
+    assert (ours.counts, ours.means, ours.vars) == (river.counts, river.means, river.vars)
+
+
+def test_a_model_keeps_learning_with_the_scaler_of_an_older_checkpoint() -> None:
+    """Checkpoints made before the one-walk scaler hold River's own: they learn the same."""
+    from river import preprocessing
+
+    current, older = FraudModel(), FraudModel()
+    older._scaler = preprocessing.StandardScaler()
+    for x, y in stream(1_000):
+        current.learn_one(x, y)
+        older.learn_one(x, y)
+    assert current.weights() == older.weights()
+    x = next(stream(1, seed=9))[0]
+    assert current.score_one(x) == older.score_one(x)
