@@ -29,6 +29,9 @@ _NAIVE_EPOCH = datetime(
 )  # numbers above this are epoch milliseconds, below epoch seconds
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
+# The largest amount a payment may carry, in its currency's units: above it a number is a unit
+# mistake or garbage, and one such amount would stay in its card's means for a month.
+MAX_AMOUNT = 1e12
 _MAX_TEXT = 1024
 _MAX_ID = 128
 # Integers an unknown field may hold: what JSON encoders write (signed or unsigned 64 bits).
@@ -311,6 +314,8 @@ def transaction_from_wire(raw: Mapping[str, Any]) -> Transaction:
     assert amount is not None
     if amount < 0:
         raise InvalidRecord("amount: negative", field="amount")
+    if amount > MAX_AMOUNT:
+        raise InvalidRecord(f"amount: above {MAX_AMOUNT:g}", field="amount")
     currency = _text(raw, "currency", required=True)
     assert currency is not None
     if not currency.isascii():  # "ﬀi".upper() is "FFI": only ASCII letters are a code

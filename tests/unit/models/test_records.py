@@ -59,6 +59,8 @@ def test_format_ts_is_rfc3339_utc() -> None:
         ({"amount": math.inf}, "amount"),
         ({"amount": "nan"}, "amount"),
         ({"amount": -1}, "amount"),
+        ({"amount": 1e308}, "amount"),
+        ({"amount": "1000000000001"}, "amount"),
         ({"amount": [1]}, "amount"),
         ({"currency": "euro"}, "currency"),
         ({"card_id": None}, "card_id"),
