@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from api.settings import ApiSettings
 from processor import logs
+from processor.gctune import keep_collections_short
 
 log = logging.getLogger("fraudstream.api")
 
@@ -39,7 +39,7 @@ def api(
     for name in ("aiokafka", "uvicorn.error"):
         logging.getLogger(name).setLevel(logging.WARNING)
     app = create_app(settings)  # fails here, before listening, on a bad configuration
-    _keep_collections_short()
+    keep_collections_short()
     local = settings.api_host in ("0.0.0.0", "::", "127.0.0.1")
     shown = "localhost" if local else settings.api_host
     config = uvicorn.Config(
@@ -59,18 +59,3 @@ def api(
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it drained on: a clean stop here
         log.info("api stopped")
-
-
-def _keep_collections_short() -> None:
-    """Keep the garbage collector's full passes off the streaming path.
-
-    With a thousand SSE clients the heap holds every connection's state, and what lives one
-    fan-out round (a send, the round's futures) outlives CPython's default young generation
-    (700 allocations) often enough to set off a full collection every five or six seconds:
-    measured, a pause of about 235 ms for every client at once. The start-up objects are frozen
-    (they are never garbage), and the young generations are made large enough that what lives a
-    round dies young; full collections still run, rarely.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)

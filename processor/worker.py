@@ -18,6 +18,7 @@ import typer
 from models.errors import FraudstreamError
 from processor import logs, metrics
 from processor.feed import FeedKind
+from processor.gctune import keep_collections_short
 from processor.settings import Settings
 
 log = logging.getLogger("fraudstream.up")
@@ -56,6 +57,7 @@ def run_worker(settings: Settings) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())
     app, runtime = create_app(settings)
     metrics.serve(settings, runtime)
+    keep_collections_short()
     worker = _Worker(app, settings)
     logging.getLogger("fraudstream.worker").info(
         "worker starting",
