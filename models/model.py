@@ -80,6 +80,13 @@ class AdaGrad(optim.AdaGrad):  # type: ignore[misc]
     lookup per weight was a quarter of the update.
     """
 
+    def step(self, w: Any, g: Any) -> Any:
+        # River's step first tries a vectorised update, which AdaGrad does not have: a raised
+        # and caught NotImplementedError on every step.
+        w = self._step_with_dict(w, g)
+        self.n_iterations += 1
+        return w
+
     def _step_with_dict(self, w: Any, g: Any) -> Any:
         lr = self.learning_rate
         eps = self.eps
