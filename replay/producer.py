@@ -25,13 +25,11 @@ from aiokafka.errors import KafkaError
 
 from models.errors import FraudstreamError
 from models.records import Label, Transaction, format_ts, parse_ts
-from replay.readers import BadRow, Row
+from replay.readers import GROUND_TRUTH, BadRow, Row
 
 log = logging.getLogger("fraudstream.replay")
 
 DAY = 86_400.0
-#: Columns that tell the answer; they are never sent with a transaction.
-GROUND_TRUTH = frozenset({"TX_FRAUD", "TX_FRAUD_SCENARIO", "is_fraud", "label", "fraud"})
 
 
 @dataclass

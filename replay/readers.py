@@ -33,6 +33,7 @@ from models.errors import FraudstreamError, InvalidRecord
 from models.records import Transaction, transaction_from_wire
 
 __all__ = [
+    "GROUND_TRUTH",
     "PRESETS",
     "BadRow",
     "ColumnMapping",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 WIRE_FIELDS = tuple(f.name for f in fields(Transaction) if f.name != "extra")
+#: Columns that tell the answer. A file's label column is read as the label; these never enter a
+#: transaction (its unknown fields are sent on, to the worker and to the LLM's prompt).
+GROUND_TRUTH = frozenset({"TX_FRAUD", "TX_FRAUD_SCENARIO", "is_fraud", "label", "fraud"})
 REQUIRED_FIELDS = ("tx_id", "ts", "card_id", "merchant_id", "amount", "currency")
 
 _FORMATS = (
@@ -310,7 +314,7 @@ def _table_plan(
         index[name] = position
     _check_columns(index, mapping, path)
     label_index = index.get(mapping.label) if mapping.label is not None else None
-    hidden = {*mapping.columns.values(), *mapping.columns, mapping.label}
+    hidden = {*mapping.columns.values(), *mapping.columns, mapping.label, *GROUND_TRUTH}
     # Unmapped columns keep their names (they end in Transaction.extra); a mapped field wins
     # over an unmapped column that happens to carry the same name.
     sources: dict[str, Any] = {name: i for name, i in index.items() if name not in hidden}
@@ -326,7 +330,7 @@ def _object_plan(
     _check_columns({key: 0 for key in keys}, mapping, path, where="the first record")
     renames = tuple(mapping.columns.items())
     identity = all(name == column for name, column in renames)
-    hidden = frozenset({*mapping.columns.values(), *mapping.columns})
+    hidden = frozenset({*mapping.columns.values(), *mapping.columns, *GROUND_TRUTH})
     label_key = mapping.label
     defaults = tuple(mapping.defaults.items())
 
@@ -334,6 +338,8 @@ def _object_plan(
         label = None if label_key is None else obj.pop(label_key, None)
         if identity:
             wire = obj
+            for name in GROUND_TRUTH.intersection(obj):
+                del wire[name]
         else:
             wire = {key: value for key, value in obj.items() if key not in hidden}
             for name, column in renames:

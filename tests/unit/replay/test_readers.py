@@ -166,12 +166,11 @@ def test_the_handbook_preset_on_the_shared_file(tmp_path: Path) -> None:
         moment = datetime.fromisoformat(cell["TX_DATETIME"]).replace(tzinfo=UTC)
         assert tx.ts == moment.timestamp()
         assert row.is_fraud is (cell["TX_FRAUD"] == "1")
-        # The label never reaches the transaction; the other columns are kept as they are.
-        assert "TX_FRAUD" not in tx.extra
+        # Neither the label nor the fraud scenario reaches the transaction; the other columns
+        # are kept as they are.
         assert tx.extra == {
             "TX_TIME_SECONDS": cell["TX_TIME_SECONDS"],
             "TX_TIME_DAYS": cell["TX_TIME_DAYS"],
-            "TX_FRAUD_SCENARIO": cell["TX_FRAUD_SCENARIO"],
         }
 
 
@@ -185,6 +184,28 @@ def test_the_label_column_is_never_in_extra(tmp_path: Path) -> None:
     assert isinstance(row, Row)
     assert row.is_fraud is True
     assert row.tx.extra == {"SHOP": "x"}  # neither FRAUD nor the mapped (renamed) columns
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_columns_that_tell_the_answer_never_reach_a_transaction(
+    tmp_path: Path, suffix: str
+) -> None:
+    """Ground truth a file carries besides its label (the handbook's fraud scenario, a column
+    named like a label) is dropped, under a preset or a mapping alike: unknown fields are sent
+    on, as far as the LLM's prompt."""
+    fields = {"tx_id": "1", "ts": "2018-04-01T00:00:00Z", "card_id": "c", "merchant_id": "m"}
+    fields |= {"amount": "5", "currency": "EUR", "TX_FRAUD_SCENARIO": "2", "fraud": "1"}
+    fields |= {"shop": "x", "label": "1"}
+    path = tmp_path / f"tx{suffix}"
+    if suffix == ".csv":
+        path.write_text(",".join(fields) + "\n" + ",".join(fields.values()) + "\n")
+    else:
+        path.write_bytes(orjson.dumps(fields) + b"\n")
+    for mapping in (PRESETS["fraudstream"], ColumnMapping.parse("tx_id=tx_id,label=label")):
+        [row] = _read(path, mapping)
+        assert isinstance(row, Row)
+        assert row.is_fraud is True
+        assert row.tx.extra == {"shop": "x"}
 
 
 def _with_amount(records: list[dict[str, Any]], index: int, amount: Any) -> list[dict[str, Any]]:
