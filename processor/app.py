@@ -14,7 +14,9 @@ Agents:
 A timer on every worker polls Redis for a newer checkpoint and swaps it in between two batches.
 Delivery is at least once: a batch is committed after its decisions were handed to the producer,
 so a crash replays at most the uncommitted batches; the feature store is idempotent on ``tx_id``,
-and the duplicates on ``decisions`` carry the same ``tx_id``.
+and the duplicates on ``decisions`` carry the same ``tx_id``. Redis errors, refusals included,
+hold the batch and are retried; any other failure of a batch stops the process before Faust can
+acknowledge the batch (:func:`halt`), so it is delivered again rather than lost.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import asyncio
 import base64
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -53,13 +56,25 @@ from models.scoring import Scorer
 from processor.checkpoints import RedisCheckpointStore
 from processor.metrics import BATCHES
 from processor.narrator import install_narrator
-from processor.redis_store import RedisFeatureStore
+from processor.redis_store import RedisFeatureStore, RedisStoreError
 from processor.settings import Settings
 
 log = logging.getLogger("fraudstream.worker")
 
 DAY = 86_400.0
-_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+# Redis unreachable, or answering with an error (out of memory, a read-only replica after a
+# failover): the batch waits and is tried again, so nothing is decided without its features and
+# nothing is skipped. A feature script refused at its first write has written nothing.
+_REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ResponseError,
+    RedisStoreError,
+    ConnectionError,
+    OSError,
+)
+# The exit status of a worker stopped by a failed batch (EX_SOFTWARE).
+HALT_STATUS = 70
 
 
 @dataclass
@@ -144,7 +159,7 @@ class Runtime:
     async def redis_failed(self, what: str, exc: BaseException, attempt: int) -> None:
         """Count and log a failed Redis call, then wait before the next try (backing off)."""
         self.counters.redis_retries += 1
-        log.warning("redis unavailable; retrying", extra={"during": what, "error": str(exc)})
+        log.warning("redis call failed; retrying", extra={"during": what, "error": str(exc)})
         await asyncio.sleep(min(0.05 * 2**attempt, 2.0))
 
     async def swap_if_newer(self) -> bool:
@@ -163,6 +178,24 @@ class Runtime:
 
 
 DLQ_RAW_MAX = 65_536  # characters of a bad record kept in its DLQ record
+
+
+def halt(agent: str) -> NoReturn:
+    """Stop the process now, from an agent whose batch failed in a way no retry mends.
+
+    Faust acknowledges a batch once the agent is done with it, even by an exception, and the
+    acknowledged offsets are committed: the batch's transactions would never be decided. Exiting
+    at once commits nothing more, so the worker that restarts (Kubernetes restarts it; ``fraudstream
+    up`` stops and shows its log) gets the batch again. A bug that fails every time shows as a
+    crash loop, not as missing decisions.
+    """
+    log.critical(
+        "a batch failed; the worker stops so that it is delivered again",
+        extra={"agent": agent},
+        exc_info=True,
+    )
+    logging.shutdown()
+    os._exit(HALT_STATUS)
 
 
 def dead_letter(event: EventT, error: str, field_name: str | None = None) -> bytes:
@@ -332,28 +365,37 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     @app.agent(transactions, name="score")
     async def score(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, within=wait):
-            await score_batch(events)
+            try:
+                await score_batch(events)
+            except Exception:
+                halt("score")
 
     @app.agent(labels, name="labels")
     async def record_labels(stream: faust.StreamT) -> None:
         await runtime.ready()
         async for events in stream.take_events(settings.batch_size, within=wait):
-            known: list[tuple[str, bool]] = []
-            for event in events:
-                try:
-                    label = label_from_wire(orjson.loads(event.message.value))
-                except orjson.JSONDecodeError as exc:
-                    await _dead_letter(labels_dlq, event, f"not JSON: {exc}")
-                    continue
-                except InvalidRecord as exc:
-                    await _dead_letter(labels_dlq, event, str(exc), exc.field)
-                    continue
-                known.append((label.tx_id, label.is_fraud))
-            if known:
-                await runtime.retry_redis(
-                    "labels", lambda known=known: runtime.store.record_labels(known)
-                )
-                counters.labels += len(known)
+            try:
+                await record_batch(events)
+            except Exception:
+                halt("labels")
+
+    async def record_batch(events: Sequence[EventT]) -> None:
+        known: list[tuple[str, bool]] = []
+        for event in events:
+            try:
+                label = label_from_wire(orjson.loads(event.message.value))
+            except orjson.JSONDecodeError as exc:
+                await _dead_letter(labels_dlq, event, f"not JSON: {exc}")
+                continue
+            except InvalidRecord as exc:
+                await _dead_letter(labels_dlq, event, str(exc), exc.field)
+                continue
+            known.append((label.tx_id, label.is_fraud))
+        if known:
+            await runtime.retry_redis(
+                "labels", lambda known=known: runtime.store.record_labels(known)
+            )
+            counters.labels += len(known)
 
     if settings.learn:
 
@@ -361,29 +403,38 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         async def learn(stream: faust.StreamT) -> None:
             learner = await runtime.start_learner()
             async for event in stream.events():
-                message = event.message
                 try:
-                    doc = orjson.loads(message.value)
-                except orjson.JSONDecodeError:
-                    continue  # the labels agent dead-letters it
-                if message.topic == settings.topic_observations:
-                    newest = -math.inf
-                    for tx_id, ts, features in doc:
-                        learner.observe(tx_id, ts, features)
-                        newest = max(newest, ts)
-                    learner.advance(newest)
-                else:
+                    message = event.message
                     try:
-                        label: Label = label_from_wire(doc)
-                    except InvalidRecord:
-                        continue
-                    learner.on_label(label)
-                now = learner.now
-                if math.isfinite(now) and learner.checkpoint_due(now):
-                    checkpoint = learner.checkpoint(now)
-                    await runtime.retry_redis(
-                        "checkpoint", lambda c=checkpoint: runtime.checkpoints.publish(c)
-                    )
+                        doc = orjson.loads(message.value)
+                    except orjson.JSONDecodeError:
+                        continue  # the labels agent dead-letters it
+                    if message.topic == settings.topic_observations:
+                        try:
+                            observed = [(str(t), float(ts), dict(f)) for t, ts, f in doc]
+                        except (TypeError, ValueError) as exc:
+                            # Only workers write this topic: say so, and learn from the rest.
+                            log.error("malformed observations skipped", extra={"error": str(exc)})
+                            continue
+                        newest = -math.inf
+                        for tx_id, ts, features in observed:
+                            learner.observe(tx_id, ts, features)
+                            newest = max(newest, ts)
+                        learner.advance(newest)
+                    else:
+                        try:
+                            label: Label = label_from_wire(doc)
+                        except InvalidRecord:
+                            continue
+                        learner.on_label(label)
+                    now = learner.now
+                    if math.isfinite(now) and learner.checkpoint_due(now):
+                        checkpoint = learner.checkpoint(now)
+                        await runtime.retry_redis(
+                            "checkpoint", lambda c=checkpoint: runtime.checkpoints.publish(c)
+                        )
+                except Exception:
+                    halt("learn")
 
     @app.timer(interval=settings.model_poll_s, name="model-poll")
     async def poll_model() -> None:

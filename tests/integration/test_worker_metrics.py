@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.checkpoint import Checkpoint
@@ -212,3 +212,79 @@ async def test_a_taken_metrics_port_does_not_stop_the_worker(
         )
     assert set(count_by(decisions)) == {r.tx.tx_id for r in rows}
     assert worker.alive()
+
+
+async def tx_ids_on(stack: Stack, topic: str, seconds: float) -> set[str]:
+    """The ``tx_id`` of every record ``topic`` holds, read from the start for ``seconds``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(stack.settings().partitions)])
+        await consumer.seek_to_beginning()
+        seen: set[str] = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            seen.update(orjson.loads(m.value)["tx_id"] for ms in batch.values() for m in ms)
+        return seen
+    finally:
+        await consumer.stop()
+
+
+async def test_a_redis_that_refuses_writes_holds_the_batch_until_it_accepts(
+    stack: Stack, workers: Workers
+) -> None:
+    """Redis out of memory (``maxmemory`` reached, no eviction) refuses the feature scripts.
+
+    The worker keeps the batch and tries again, counting each refusal, until Redis accepts
+    writes: every transaction is then decided, none skipped, none twice.
+    """
+    rows = handbook_rows(600)
+    before, during = rows[:300], rows[300:]
+    s = stack.settings()
+    worker = workers(stack)
+    await replay_async(
+        before, bootstrap=stack.bootstrap, topic=s.topic_transactions, send_labels=False
+    )
+    await read_topic(
+        stack.bootstrap,
+        s.topic_decisions,
+        lambda got: len(count_by(got)) >= len(before),
+        alive=worker.alive,
+        describe=worker.log_tail,
+    )
+    url = metrics_url(stack)
+    client = aioredis.from_url(stack.redis_url)
+    saved = await client.config_get("maxmemory")
+    policy = await client.config_get("maxmemory-policy")
+    try:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", "1")  # below what is in use: every write refused
+        await replay_async(
+            during, bootstrap=stack.bootstrap, topic=s.topic_transactions, send_labels=False
+        )
+        await scrape_until(
+            url, lambda m: m.get(("fraudstream_redis_retries_total", ()), 0) >= 3, worker
+        )
+        decided = await tx_ids_on(stack, s.topic_decisions, seconds=3.0)
+        assert decided == {r.tx.tx_id for r in before}, "decided without its features"
+        assert worker.alive(), worker.log_tail()
+    finally:
+        await client.config_set("maxmemory", saved["maxmemory"])
+        await client.config_set("maxmemory-policy", policy["maxmemory-policy"])
+        await client.aclose()
+
+    decisions = await read_topic(
+        stack.bootstrap,
+        s.topic_decisions,
+        lambda got: len(count_by(got)) >= len(rows),
+        alive=worker.alive,
+        describe=worker.log_tail,
+    )
+    counts = count_by(decisions)
+    assert set(counts) == {r.tx.tx_id for r in rows}
+    assert max(counts.values()) == 1
+    samples = await scrape(url)
+    assert value(samples, "fraudstream_transactions_scored_total") == len(rows)
