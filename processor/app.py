@@ -105,6 +105,7 @@ class Runtime:
         self.scorer: Scorer | None = None
         self.learner: DelayedLabelLearner | None = None
         self._ready = asyncio.Event()
+        self._refused: set[int] = set()  # checkpoint versions already refused (logged once)
         self._starting = asyncio.Lock()
 
     async def ready(self) -> Scorer:
@@ -113,6 +114,8 @@ class Runtime:
             if self.scorer is None:
                 policy = Policy.load(self.settings.policy, known_features=self.features.names)
                 checkpoint = await self._load_checkpoint()
+                if not self._usable(checkpoint):
+                    checkpoint = _fresh_checkpoint()
                 self.scorer = Scorer(self.store, checkpoint, policy)  # type: ignore[arg-type]
                 log.info(
                     "scorer ready",
@@ -128,17 +131,35 @@ class Runtime:
         checkpoint = await self.checkpoints.load_latest()
         if checkpoint is None:
             log.warning("no model checkpoint in Redis: starting from a fresh model")
-            checkpoint = Checkpoint(
-                version=0, created_at=time.time(), trained_on=0, model=FraudModel()
-            )
+            checkpoint = _fresh_checkpoint()
         return checkpoint
+
+    def _usable(self, checkpoint: Checkpoint) -> bool:
+        """Whether this worker can score with ``checkpoint``: its model reads only features the
+        store computes (a model made for another feature layout fails on every payment)."""
+        wanted = checkpoint.model.config.features
+        missing = sorted(set(wanted or ()) - set(self.features.names))
+        if not missing:
+            return True
+        if checkpoint.version not in self._refused:
+            self._refused.add(checkpoint.version)
+            log.error(
+                "model checkpoint refused: it needs features this worker does not compute",
+                extra={"model_version": checkpoint.model_version, "missing": missing},
+            )
+        return False
 
     async def start_learner(self) -> DelayedLabelLearner:
         """The learner continues from the newest checkpoint (its own copy of the model)."""
         if self.learner is None:
             checkpoint = await self._load_checkpoint()
+            model = checkpoint.model
+            if not self._usable(checkpoint):
+                # A fresh model, numbered after the refused one: its first checkpoint replaces
+                # the refused one on every scorer.
+                model = FraudModel()
             self.learner = DelayedLabelLearner(
-                checkpoint.model,
+                model,
                 label_delay=self.settings.label_delay_days * DAY,
                 publish_every=self.settings.publish_every_s,
                 version=checkpoint.version,
@@ -166,8 +187,10 @@ class Runtime:
         scorer = self.scorer
         if scorer is None:
             return False
-        checkpoint = await self.checkpoints.load_newer(scorer.checkpoint.version)
-        if checkpoint is None or not scorer.swap(checkpoint):
+        # A refused version counts as seen: it is not fetched again every poll.
+        seen = max(scorer.checkpoint.version, *self._refused, 0)
+        checkpoint = await self.checkpoints.load_newer(seen)
+        if checkpoint is None or not self._usable(checkpoint) or not scorer.swap(checkpoint):
             return False
         self.counters.model_swaps += 1
         log.info("model swapped in", extra={"model_version": checkpoint.model_version})
@@ -178,6 +201,10 @@ class Runtime:
 
 
 DLQ_RAW_MAX = 65_536  # characters of a bad record kept in its DLQ record
+
+
+def _fresh_checkpoint() -> Checkpoint:
+    return Checkpoint(version=0, created_at=time.time(), trained_on=0, model=FraudModel())
 
 
 def halt(agent: str) -> NoReturn:

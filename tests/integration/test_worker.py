@@ -15,9 +15,10 @@ from aiokafka import AIOKafkaProducer
 from models.checkpoint import Checkpoint
 from models.features import FeatureConfig, InMemoryFeatureStore
 from models.learner import DelayedLabelLearner
-from models.model import FraudModel
+from models.model import FraudModel, ModelConfig
 from models.policy import Policy
 from models.scoring import Scorer
+from processor.app import Runtime
 from processor.checkpoints import RedisCheckpointStore
 from processor.worker import create_topics
 from replay.producer import replay_async
@@ -326,6 +327,65 @@ async def test_a_published_checkpoint_is_used_without_restart(stack, workers):
     assert {versions[r.tx.tx_id] for r in first} == {"logreg-v0"}
     assert {versions[r.tx.tx_id] for r in second} == {"logreg-v7"}
     assert worker.alive()
+
+
+async def test_a_checkpoint_made_for_other_features_is_refused(stack, workers):
+    """A model reading a feature this worker does not compute would fail on every payment: it
+    is refused at start and as a hot swap, and scoring goes on with the model in hand."""
+    rows = handbook_rows(1_500)
+    parts = rows[:500], rows[500:1_000], rows[1_000:]
+    stack.extra["FRAUD_LEARN"] = "false"
+    s = stack.settings()
+
+    def alien(version: int) -> Checkpoint:
+        config = ModelConfig(features=("amount", "device_risk_score"))
+        return Checkpoint(version=version, created_at=0.0, trained_on=0, model=FraudModel(config))
+
+    async def decide(part: list[Row], before: int) -> list[dict[str, Any]]:
+        await replay_async(
+            part, bootstrap=stack.bootstrap, topic=s.topic_transactions, send_labels=False
+        )
+        return await read_topic(
+            stack.bootstrap,
+            s.topic_decisions,
+            lambda got: len(got) >= before + len(part),
+            alive=worker.alive,
+            describe=describe(worker),
+        )
+
+    await publish(stack, alien(3))
+    worker = workers(stack)
+    await decide(parts[0], 0)
+    await publish(stack, trained_checkpoint(rows[:500], version=4))
+    await asyncio.sleep(2.0)  # the scorers poll every 0.2 s in these tests
+    await decide(parts[1], 500)
+    await publish(stack, alien(5))
+    await asyncio.sleep(2.0)
+    decisions = await decide(parts[2], 1_000)
+
+    versions = {d["tx_id"]: d["model_version"] for d in decisions}
+    assert len(decisions) == len(versions) == len(rows), "each decided once"
+    expected = ("logreg-v0", "logreg-v4", "logreg-v4")  # fresh, swapped in, kept
+    for part, version in zip(parts, expected, strict=True):
+        assert {versions[r.tx.tx_id] for r in part} == {version}
+    assert worker.alive()
+
+
+async def test_a_learner_given_a_refused_checkpoint_starts_fresh_after_its_version(stack):
+    """The learner starts from a fresh model numbered after the refused checkpoint, so the
+    first checkpoint it publishes supersedes the refused one on every scorer."""
+    config = ModelConfig(features=("amount", "device_risk_score"))
+    await publish(
+        stack, Checkpoint(version=3, created_at=0.0, trained_on=0, model=FraudModel(config))
+    )
+    runtime = Runtime(stack.settings())
+    try:
+        learner = await runtime.start_learner()
+        assert learner.version == 3
+        assert learner.model.config.features is None  # the store's own layout
+        assert learner.checkpoint(0.0).version == 4
+    finally:
+        await runtime.close()
 
 
 async def test_labels_teach_the_model_and_scorers_follow(stack, workers):
