@@ -28,10 +28,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import faust
 import orjson
@@ -62,6 +62,7 @@ from processor.settings import Settings
 log = logging.getLogger("fraudstream.worker")
 
 DAY = 86_400.0
+_Record = TypeVar("_Record")
 # Redis unreachable, or answering with an error (out of memory, a read-only replica after a
 # failover): the batch waits and is tried again, so nothing is decided without its features and
 # nothing is skipped. A feature script refused at its first write has written nothing.
@@ -310,15 +311,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         started = time.time()
         txs = []
         for event in events:
-            try:
-                tx = transaction_from_wire(orjson.loads(event.message.value))
-            except orjson.JSONDecodeError as exc:
-                await _dead_letter(dlq, event, f"not JSON: {exc}")
-                continue
-            except InvalidRecord as exc:
-                await _dead_letter(dlq, event, str(exc), exc.field)
-                continue
-            txs.append(tx)
+            tx = await _decoded(event, transaction_from_wire, dlq)
+            if tx is not None:
+                txs.append(tx)
         if not txs:
             return
         observed = []
@@ -374,6 +369,18 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         await topic.send(key=key, value=value)
         return None
 
+    async def _decoded(
+        event: EventT, parse: Callable[[Any], _Record], topic: faust.types.TopicT
+    ) -> _Record | None:
+        """The record ``parse`` makes of the event's JSON, or None once it is dead-lettered."""
+        try:
+            return parse(orjson.loads(event.message.value))
+        except orjson.JSONDecodeError as exc:
+            await _dead_letter(topic, event, f"not JSON: {exc}")
+        except InvalidRecord as exc:
+            await _dead_letter(topic, event, str(exc), exc.field)
+        return None
+
     async def _dead_letter(
         topic: faust.types.TopicT, event: EventT, error: str, field_name: str | None = None
     ) -> None:
@@ -409,15 +416,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     async def record_batch(events: Sequence[EventT]) -> None:
         known: list[tuple[str, bool]] = []
         for event in events:
-            try:
-                label = label_from_wire(orjson.loads(event.message.value))
-            except orjson.JSONDecodeError as exc:
-                await _dead_letter(labels_dlq, event, f"not JSON: {exc}")
-                continue
-            except InvalidRecord as exc:
-                await _dead_letter(labels_dlq, event, str(exc), exc.field)
-                continue
-            known.append((label.tx_id, label.is_fraud))
+            label = await _decoded(event, label_from_wire, labels_dlq)
+            if label is not None:
+                known.append((label.tx_id, label.is_fraud))
         if known:
             await runtime.retry_redis(
                 "labels", lambda known=known: runtime.store.record_labels(known)
