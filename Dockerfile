@@ -53,6 +53,6 @@ EXPOSE 8000 9102
 # The API answers /healthz on FRAUD_API_PORT; the worker serves /metrics on FRAUD_METRICS_PORT.
 # Whichever of the two this container runs must answer. (Kubernetes uses its own probes.)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request as u\nfor port, path in ((os.environ.get('FRAUD_API_PORT', '8000'), 'healthz'), (os.environ.get('FRAUD_METRICS_PORT', '9102'), 'metrics')):\n    try:\n        u.urlopen(f'http://127.0.0.1:{port}/{path}', timeout=3)\n        sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request as u\nfor port, path in ((os.environ.get('FRAUD_API_PORT', '8000'), 'healthz'), (os.environ.get('FRAUD_METRICS_PORT', '9102'), 'healthz')):\n    try:\n        u.urlopen(f'http://127.0.0.1:{port}/{path}', timeout=3)\n        sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
 ENTRYPOINT ["fraudstream"]
 CMD ["--help"]

@@ -6,33 +6,43 @@
   pays nothing per transaction for them and no number is kept twice.
 * :data:`BATCHES` (:class:`BatchMetrics`) takes one call per scored batch: the batch's size and
   how long its decisions took, counted once per decision so the quantiles are per decision.
-* :func:`serve` starts ``prometheus_client``'s HTTP server on ``FRAUD_METRICS_HOST`` /
-  ``FRAUD_METRICS_PORT`` with the default registry, where the narrator's ``fraudstream_llm_*``
-  series (:mod:`processor.llm`) live as well.
+* :func:`serve` starts an HTTP server on ``FRAUD_METRICS_HOST`` / ``FRAUD_METRICS_PORT``, in a
+  thread of its own: ``/metrics`` is ``prometheus_client``'s exposition of the default registry,
+  where the narrator's ``fraudstream_llm_*`` series (:mod:`processor.llm`) live as well, and
+  ``/healthz`` is the liveness check.
+* :class:`Heartbeat` is what ``/healthz`` reads. The server's thread answers even while the event
+  loop is stuck (an agent spinning in a loop that never awaits, a blocking call), so being able to
+  answer proves nothing: the loop itself stamps the heartbeat every second, and ``/healthz`` fails
+  (503) once the stamp is older than ``FRAUD_LIVENESS_STALL_S``.
 
 Series (``fraudstream_`` prefix): ``decisions_total{action}``, ``transactions_scored_total``,
 ``escalations_total``, ``dead_letters_total``, ``labels_total``, ``model_swaps_total``,
 ``redis_retries_total``, ``model_version``, ``model_info{model_version, policy_version}``,
-``decision_latency_seconds`` and ``batch_transactions`` (histograms).
+``decision_latency_seconds`` and ``batch_transactions`` (histograms), and
+``event_loop_stall_seconds`` (time since the loop's last heartbeat).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import math
 import socket
 import threading
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from models.records import Action
@@ -41,7 +51,15 @@ from processor.settings import Settings
 if TYPE_CHECKING:
     from processor.app import Runtime
 
-__all__ = ["BATCHES", "BatchMetrics", "WorkerCollector", "pick_port", "serve", "shown_host"]
+__all__ = [
+    "BATCHES",
+    "BatchMetrics",
+    "Heartbeat",
+    "WorkerCollector",
+    "pick_port",
+    "serve",
+    "shown_host",
+]
 
 log = logging.getLogger("fraudstream.worker")
 
@@ -52,8 +70,9 @@ BATCH_BUCKETS = (1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_000.0, 5_000.0
 class WorkerCollector(Collector):
     """The worker's tallies and model, as Prometheus series read when scraped."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, heartbeat: Heartbeat | None = None) -> None:
         self.runtime = runtime
+        self.heartbeat = heartbeat
 
     def collect(self) -> Iterator[Metric]:
         counters = self.runtime.counters
@@ -83,6 +102,12 @@ class WorkerCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(f"fraudstream_{name}", text, value=value)
+        if self.heartbeat is not None:
+            yield GaugeMetricFamily(
+                "fraudstream_event_loop_stall_seconds",
+                "Seconds since the worker's event loop last stamped its heartbeat (every second).",
+                value=self.heartbeat.stalled_for(),
+            )
         yield from self._model()
 
     def _model(self) -> Iterator[Metric]:
@@ -157,19 +182,93 @@ class BatchMetrics(Collector):
 BATCHES = BatchMetrics()
 
 
-def serve(settings: Settings, runtime: Runtime) -> str | None:
-    """Serve the default registry, with the worker's series, over HTTP; the URL, or None if off.
+class Heartbeat:
+    """When the worker's event loop last ran a callback: the liveness ``/healthz`` reports.
 
-    A port that is taken is logged as an error and the worker runs on without ``/metrics``:
+    :meth:`start` schedules a stamp every ``every`` seconds on the loop; while anything blocks
+    the loop, no stamp is made and :meth:`stalled_for` grows.
+    """
+
+    def __init__(
+        self, stall_after: float, *, every: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stall_after = stall_after
+        self.every = every
+        self.clock = clock
+        self.last = clock()
+        self._reported = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stamp on ``loop`` from its first turn on (call before the loop runs, or from it)."""
+
+        def stamp() -> None:
+            self.last = self.clock()
+            loop.call_later(self.every, stamp)
+
+        loop.call_soon_threadsafe(stamp)
+
+    def stalled_for(self) -> float:
+        """Seconds since the last stamp (0 right after one)."""
+        return max(0.0, self.clock() - self.last)
+
+    def check(self) -> tuple[bool, str]:
+        """``(alive, one line)``; logs a stall once when it is first seen, and its end."""
+        stalled = self.stalled_for()
+        alive = stalled <= self.stall_after
+        if not alive and not self._reported:
+            log.error(
+                "event loop stalled: /healthz fails until it runs again",
+                extra={"stalled_s": round(stalled, 1), "stall_after_s": self.stall_after},
+            )
+        elif alive and self._reported:
+            log.warning("event loop running again", extra={"stalled_s": round(stalled, 1)})
+        self._reported = not alive
+        if alive:
+            return True, "ok"
+        return False, f"event loop stalled for {stalled:.0f} s (limit {self.stall_after:g} s)"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape or probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+_WsgiStart = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def endpoint(
+    heartbeat: Heartbeat, registry: CollectorRegistry = REGISTRY
+) -> Callable[[dict[str, Any], _WsgiStart], Iterable[bytes]]:
+    """The WSGI app of the worker's HTTP port: ``/healthz``, else Prometheus' exposition."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: _WsgiStart) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        alive, text = heartbeat.check()
+        status = "200 OK" if alive else "503 Service Unavailable"
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+        return [text.encode() + b"\n"]
+
+    return app
+
+
+def serve(settings: Settings, runtime: Runtime, heartbeat: Heartbeat) -> str | None:
+    """Serve ``/metrics`` (the default registry, with the worker's series) and ``/healthz``
+    over HTTP in a daemon thread; the metrics URL, or None if off.
+
+    A port that is taken is logged as an error and the worker runs on without the endpoint:
     a missing scrape target is an alert, a fraud pipeline stopped over it would be an outage.
     """
     if settings.metrics_port == 0:
         log.info("metrics endpoint off (FRAUD_METRICS_PORT=0)")
         return None
-    REGISTRY.register(WorkerCollector(runtime))
+    REGISTRY.register(WorkerCollector(runtime, heartbeat))
     host, port = settings.metrics_host, settings.metrics_port
     try:
-        start_http_server(port, addr=host)
+        start_server(host, port, endpoint(heartbeat))
     except OSError as exc:
         log.error(
             "metrics endpoint not started: the worker runs without /metrics",
@@ -182,6 +281,17 @@ def serve(settings: Settings, runtime: Runtime) -> str | None:
         extra={"metrics_host": host, "metrics_port": port, "metrics_url": url},
     )
     return url
+
+
+def start_server(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> ThreadingWSGIServer:
+    """A threaded WSGI server for ``app`` on ``host:port``, serving from a daemon thread."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+    return httpd
 
 
 def shown_host(host: str) -> str:

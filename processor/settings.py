@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "0.0.0.0", description="Address /metrics listens on (all interfaces: a scrape target)."
     )
+    liveness_stall_s: float = Field(
+        30.0,
+        gt=0,
+        description="/healthz fails (503) once the event loop has not run for this long (s).",
+    )
     log_level: str = "INFO"
     log_json: bool | None = Field(None, description="JSON logs (default: when not a terminal).")
 

@@ -52,11 +52,14 @@ def run_worker(settings: Settings) -> None:
     try:
         import uvloop
 
-        asyncio.set_event_loop(uvloop.new_event_loop())
+        loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        asyncio.set_event_loop(asyncio.new_event_loop())
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     app, runtime = create_app(settings)
-    metrics.serve(settings, runtime)
+    heartbeat = metrics.Heartbeat(settings.liveness_stall_s)
+    heartbeat.start(loop)  # stamps from the loop's first turn, in start-up as well
+    metrics.serve(settings, runtime, heartbeat)
     keep_collections_short()
     worker = _Worker(app, settings)
     logging.getLogger("fraudstream.worker").info(

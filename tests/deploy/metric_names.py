@@ -49,7 +49,7 @@ def exported_series() -> frozenset[str]:
     from api.metrics import ApiMetrics
     from processor.app import Counters
     from processor.llm import LLMMetrics
-    from processor.metrics import BatchMetrics, WorkerCollector
+    from processor.metrics import BatchMetrics, Heartbeat, WorkerCollector
 
     registry = CollectorRegistry()
     LLMMetrics(registry=registry)
@@ -57,7 +57,8 @@ def exported_series() -> frozenset[str]:
     # The collector reads the worker's tallies and its scorer's checkpoint when scraped.
     checkpoint = SimpleNamespace(version=1, model_version="v1")
     scorer = SimpleNamespace(checkpoint=checkpoint, policy=SimpleNamespace(version="p1"))
-    registry.register(WorkerCollector(SimpleNamespace(counters=Counters(), scorer=scorer)))  # type: ignore[arg-type]
+    runtime = SimpleNamespace(counters=Counters(), scorer=scorer)
+    registry.register(WorkerCollector(runtime, Heartbeat(30.0)))  # type: ignore[arg-type]
     names: set[str] = set()
     for reg in (registry, ApiMetrics().registry):
         for metric in reg.collect():

@@ -182,6 +182,12 @@ async def test_metrics_count_what_the_worker_published(stack: Stack, workers: Wo
         samples, "fraudstream_model_info", model_version="logreg-v5", policy_version=policy
     )
     assert value(samples, "fraudstream_model_swaps_total") == 0
+    # The worker's loop stamps its heartbeat every second: its liveness passes. (A heartbeat
+    # never started would be as old as the worker, well past 2 s by now.)
+    assert value(samples, "fraudstream_event_loop_stall_seconds") <= 2.0
+    async with httpx.AsyncClient(timeout=5) as client:
+        health = await client.get(url.replace("/metrics", "/healthz"))
+    assert (health.status_code, health.text) == (200, "ok\n")
 
     # A newer checkpoint is swapped in without a restart, and the gauge follows.
     await publish_model(stack, 6)
