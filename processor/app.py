@@ -36,6 +36,7 @@ from typing import Any, NoReturn, TypeVar
 import faust
 import orjson
 import redis.asyncio as redis
+from aiokafka import AIOKafkaProducer
 from faust.types import EventT
 
 from models.checkpoint import Checkpoint
@@ -56,6 +57,7 @@ from models.scoring import Scorer
 from processor.checkpoints import RedisCheckpointStore
 from processor.metrics import BATCHES
 from processor.narrator import install_narrator
+from processor.outbox import Outbox
 from processor.redis_store import RedisFeatureStore, RedisStoreError
 from processor.settings import Settings
 
@@ -254,6 +256,12 @@ def dead_letter(event: EventT, error: str, field_name: str | None = None) -> byt
     return orjson.dumps(doc)
 
 
+def _kafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """The aiokafka producer under Faust's: faust-streaming has no record-batch API of its own."""
+    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    return producer
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:
     """The Faust app with its agents, bound to ``settings``."""
     runtime = runtime or Runtime(settings)
@@ -300,10 +308,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     observations = app.topic(settings.topic_observations, partitions=1)
     learn_channel = app.topic(settings.topic_labels, settings.topic_observations, partitions=1)
     wait = settings.batch_wait_ms / 1000.0
-    # At least once, the scorer hands records straight to the Kafka producer (large batches, one
-    # future per record) instead of through Faust's channel per send; exactly once goes through
-    # Faust so its transactional producer is used.
+    # At least once, the scorer builds its records into Kafka record batches itself (an Outbox
+    # per scored batch, one future per partition batch) instead of a send through Faust's
+    # channel per record; exactly once goes through Faust so its transactional producer is used.
     direct = settings.guarantee == "at_least_once"
+    decisions_name = decisions.get_topic_name()
+    escalations_name = escalations.get_topic_name()
     counters = runtime.counters
 
     async def score_batch(events: Sequence[EventT]) -> None:
@@ -316,8 +326,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
                 txs.append(tx)
         if not txs:
             return
-        observed = []
-        pending: list[Any] = []
+        outbox = None
+        if direct:
+            outbox = Outbox(_kafka_producer(app))
+            await outbox.topic(decisions_name)
+            await outbox.topic(escalations_name)
+        observed: list[Any] = []
         done = 0
         attempt = 0
         while done < len(txs):
@@ -326,12 +340,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
                 # next. After a lost connection the batch is counted again (idempotent) and the
                 # payments already decided are skipped.
                 async for vector in runtime.store.update_stream(txs, skip=done):
-                    await decide(scorer, txs[done], vector.values, started, pending, observed)
+                    await decide(scorer, txs[done], vector.values, started, outbox, observed)
                     done += 1
             except _REDIS_ERRORS as exc:
                 await runtime.redis_failed("features", exc, attempt)
                 attempt += 1
         counters.scored += len(txs)
+        pending: list[Any] = await outbox.send() if outbox is not None else []
         if observed:
             pending.append(await emit(observations, None, orjson.dumps(observed)))
         # The batch's offsets are committed once this returns: its decisions are on the broker.
@@ -343,20 +358,27 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         tx: Transaction,
         features: dict[str, float],
         started: float,
-        pending: list[Any],
+        outbox: Outbox | None,
         observed: list[Any],
     ) -> None:
-        """One payment's decision (and its escalation) to the producer."""
+        """One payment's decision (and its escalation), to the outbox or through Faust."""
         decision = scorer.decide(tx, features, scorer.score(features), started)
         wire = decision.to_wire()
         key = tx.card_id.encode()
-        pending.append(await emit(decisions, key, orjson.dumps(wire)))
+        value = orjson.dumps(wire)
+        if outbox is not None:
+            outbox.add(decisions_name, key, value)
+        else:
+            await decisions.send(key=key, value=value)
         action = decision.action.value
         counters.by_action[action] = counters.by_action.get(action, 0) + 1
         if decision.action is not Action.APPROVE:
             # The narrator also needs what the payment said (merchant name, memo, ...).
             case = orjson.dumps({**wire, "transaction": tx.to_wire()})
-            pending.append(await emit(escalations, key, case))
+            if outbox is not None:
+                outbox.add(escalations_name, key, case)
+            else:
+                await escalations.send(key=key, value=case)
             counters.escalated += 1
         if settings.learn:
             observed.append([tx.tx_id, tx.ts, features])
