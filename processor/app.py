@@ -12,8 +12,9 @@ Agents:
   checkpoints in Redis. Both topics have one partition, so exactly one worker of the group learns.
 
 A timer on every worker polls Redis for a newer checkpoint and swaps it in between two batches.
-Delivery is at least once: a batch is committed after its decisions were handed to the producer,
-so a crash replays at most the uncommitted batches; the feature store is idempotent on ``tx_id``,
+Delivery is at least once: a batch's offsets are released for commit only once its decisions are
+on the broker (the next batch is scored meanwhile), so a crash replays at most the uncommitted
+batches; the feature store is idempotent on ``tx_id``,
 and the duplicates on ``decisions`` carry the same ``tx_id``. Redis errors, refusals included,
 hold the batch and are retried; any other failure of a batch stops the process before Faust can
 acknowledge the batch (:func:`halt`), so it is delivered again rather than lost.
@@ -316,7 +317,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
     escalations_name = escalations.get_topic_name()
     counters = runtime.counters
 
-    async def score_batch(events: Sequence[EventT]) -> None:
+    async def score_batch(events: Sequence[EventT]) -> tuple[list[Any], int, float]:
+        """Decide a batch and hand its records to the producer: (delivery futures, size, start)."""
         scorer = await runtime.ready()
         started = time.time()
         txs = []
@@ -325,7 +327,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
             if tx is not None:
                 txs.append(tx)
         if not txs:
-            return
+            return [], 0, started
         outbox = None
         if direct:
             outbox = Outbox(_kafka_producer(app))
@@ -349,9 +351,21 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
         pending: list[Any] = await outbox.send() if outbox is not None else []
         if observed:
             pending.append(await emit(observations, None, orjson.dumps(observed)))
-        # The batch's offsets are committed once this returns: its decisions are on the broker.
-        await asyncio.gather(*(p for p in pending if p is not None))
-        BATCHES.observe(len(txs), time.time() - started)
+        return [p for p in pending if p is not None], len(txs), started
+
+    async def settle(
+        stream: faust.StreamT, events: Sequence[EventT], batch: tuple[list[Any], int, float]
+    ) -> None:
+        """Once a batch's records are on the broker, release its offsets to be committed."""
+        pending, size, started = batch
+        try:
+            await asyncio.gather(*pending)
+            for event in events:
+                await stream.ack(event)
+        except Exception:
+            halt("score")
+        if size:
+            BATCHES.observe(size, time.time() - started)
 
     async def decide(
         scorer: Scorer,
@@ -420,11 +434,26 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
 
     @app.agent(transactions, name="score")
     async def score(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=wait):
-            try:
-                await score_batch(events)
-            except Exception:
-                halt("score")
+        # A batch's offsets must not be committed before its decisions are on the broker, yet
+        # waiting for the broker's acknowledgement before the next batch left the worker idle.
+        # Each event is held (one more reference than Faust's own ack releases) and released by
+        # ``settle`` once the batch is delivered, while the next batch is scored; one batch at
+        # most is in flight. A crash before the release commits nothing of the batch.
+        settling: asyncio.Future[None] | None = None
+        try:
+            async for events in stream.take_events(settings.batch_size, within=wait):
+                try:
+                    for event in events:
+                        event.message.incref()
+                    batch = await score_batch(events)
+                    if settling is not None:
+                        await settling
+                    settling = asyncio.ensure_future(settle(stream, events, batch))
+                except Exception:
+                    halt("score")
+        finally:
+            if settling is not None:
+                await settling
 
     @app.agent(labels, name="labels")
     async def record_labels(stream: faust.StreamT) -> None:
