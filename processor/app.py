@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
 import os
@@ -56,11 +57,13 @@ from models.records import (
 )
 from models.scoring import Scorer
 from processor.checkpoints import RedisCheckpointStore
+from processor.intake import Intake
 from processor.metrics import BATCHES
 from processor.narrator import install_narrator
 from processor.outbox import Outbox
 from processor.redis_store import RedisFeatureStore, RedisStoreError
 from processor.settings import Settings
+from processor.transport import App
 
 log = logging.getLogger("fraudstream.worker")
 
@@ -266,7 +269,7 @@ def _kafka_producer(app: faust.App) -> AIOKafkaProducer:
 def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faust.App, Runtime]:
     """The Faust app with its agents, bound to ``settings``."""
     runtime = runtime or Runtime(settings)
-    app = faust.App(
+    app = App(
         settings.group,
         broker=settings.broker_urls,
         store="memory://",
@@ -434,17 +437,29 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> tuple[faus
 
     @app.agent(transactions, name="score")
     async def score(stream: faust.StreamT) -> None:
-        # A batch's offsets must not be committed before its decisions are on the broker, yet
-        # waiting for the broker's acknowledgement before the next batch left the worker idle.
-        # Each event is held (one more reference than Faust's own ack releases) and released by
-        # ``settle`` once the batch is delivered, while the next batch is scored; one batch at
-        # most is in flight. A crash before the release commits nothing of the batch.
+        # The stream loop only takes events in; ``score_batches`` scores them in batches from
+        # the intake meanwhile. No event is acknowledged by Faust (``noack``): ``settle`` acks a
+        # batch's events once its decisions are on the broker, so a crash before that commits
+        # nothing of the batch.
+        source = stream.noack()
+        intake: Intake[EventT] = Intake(settings.batch_size, wait)
+        scoring = asyncio.ensure_future(score_batches(source, intake))
+        try:
+            async for event in source.events():
+                await intake.put(event)
+        finally:
+            scoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scoring
+
+    async def score_batches(stream: faust.StreamT, intake: Intake[EventT]) -> None:
+        """Score the intake's batches; while one batch's decisions are being acknowledged the
+        next is scored (one batch in flight at most)."""
         settling: asyncio.Future[None] | None = None
         try:
-            async for events in stream.take_events(settings.batch_size, within=wait):
+            while True:
+                events = await intake.take()
                 try:
-                    for event in events:
-                        event.message.incref()
                     batch = await score_batch(events)
                     if settling is not None:
                         await settling
