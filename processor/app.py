@@ -14,10 +14,10 @@ Agents:
 A timer on every worker polls Redis for a newer checkpoint and swaps it in between two batches.
 Delivery is at least once: a batch's offsets are released for commit only once its decisions are
 on the broker (the next batch is scored meanwhile), so a crash replays at most the uncommitted
-batches; the feature store is idempotent on ``tx_id``,
-and the duplicates on ``decisions`` carry the same ``tx_id``. Redis errors, refusals included,
-hold the batch and are retried; any other failure of a batch stops the process before Faust can
-acknowledge the batch (:func:`halt`), so it is delivered again rather than lost.
+batches; the feature store is idempotent on ``tx_id``, and the duplicates on ``decisions`` carry
+the same ``tx_id``. Redis errors, refusals included, hold the batch and are retried; any other
+failure of a batch stops the process (:func:`halt`), so the batch is delivered again rather than
+lost or left unacknowledged.
 """
 
 from __future__ import annotations
@@ -217,11 +217,13 @@ def _fresh_checkpoint() -> Checkpoint:
 def halt(agent: str) -> NoReturn:
     """Stop the process now, from an agent whose batch failed in a way no retry mends.
 
-    Faust acknowledges a batch once the agent is done with it, even by an exception, and the
-    acknowledged offsets are committed: the batch's transactions would never be decided. Exiting
-    at once commits nothing more, so the worker that restarts (Kubernetes restarts it; ``fraudstream
-    up`` stops and shows its log) gets the batch again. A bug that fails every time shows as a
-    crash loop, not as missing decisions.
+    Faust acknowledges a ``take_events`` batch (labels) once the agent is done with it, even by an
+    exception, and acknowledged offsets are committed: those records would never be recorded. A
+    scored batch is acknowledged by ``settle`` only, so a failed one would stay unacknowledged
+    and hold back every later commit of its partitions. Exiting at once commits nothing more, so
+    the worker that restarts (Kubernetes restarts it; ``fraudstream up`` stops and shows its log)
+    gets the batch again. A bug that fails every time shows as a crash loop, not as missing
+    decisions.
     """
     log.critical(
         "a batch failed; the worker stops so that it is delivered again",

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -76,6 +77,17 @@ def metrics_url(stack: Stack) -> str:
     return f"http://127.0.0.1:{stack.extra['FRAUD_METRICS_PORT']}/metrics"
 
 
+async def read_decisions(stack: Stack, worker: WorkerProcess, count: int) -> list[dict[str, Any]]:
+    """The decisions topic from the start, once ``count`` distinct transactions are decided."""
+    return await read_topic(
+        stack.bootstrap,
+        stack.settings().topic_decisions,
+        lambda got: len(count_by(got)) >= count,
+        alive=worker.alive,
+        describe=worker.log_tail,
+    )
+
+
 async def scrape(url: str) -> Samples:
     """Every sample of the endpoint, by name and labels."""
     async with httpx.AsyncClient(timeout=5) as client:
@@ -140,13 +152,7 @@ async def test_metrics_count_what_the_worker_published(stack: Stack, workers: Wo
     await replay_async(
         rows, bootstrap=stack.bootstrap, topic=s.topic_transactions, send_labels=False
     )
-    decisions = await read_topic(
-        stack.bootstrap,
-        s.topic_decisions,
-        lambda got: len(count_by(got)) >= ROWS,
-        alive=worker.alive,
-        describe=worker.log_tail,
-    )
+    decisions = await read_decisions(stack, worker, ROWS)
     await read_topic(stack.bootstrap, s.topic_dlq, lambda got: len(got) >= len(POISON))
     url = metrics_url(stack)
     by_action = Counter(d["action"] for d in decisions)
@@ -209,13 +215,7 @@ async def test_a_taken_metrics_port_does_not_stop_the_worker(
         await replay_async(
             rows, bootstrap=stack.bootstrap, topic=s.topic_transactions, send_labels=False
         )
-        decisions = await read_topic(
-            stack.bootstrap,
-            s.topic_decisions,
-            lambda got: len(count_by(got)) >= len(rows),
-            alive=worker.alive,
-            describe=worker.log_tail,
-        )
+        decisions = await read_decisions(stack, worker, len(rows))
     assert set(count_by(decisions)) == {r.tx.tx_id for r in rows}
     assert worker.alive()
 
@@ -254,13 +254,7 @@ async def test_a_redis_that_refuses_writes_holds_the_batch_until_it_accepts(
     await replay_async(
         before, bootstrap=stack.bootstrap, topic=s.topic_transactions, send_labels=False
     )
-    await read_topic(
-        stack.bootstrap,
-        s.topic_decisions,
-        lambda got: len(count_by(got)) >= len(before),
-        alive=worker.alive,
-        describe=worker.log_tail,
-    )
+    await read_decisions(stack, worker, len(before))
     url = metrics_url(stack)
     client = aioredis.from_url(stack.redis_url)
     saved = await client.config_get("maxmemory")
@@ -282,13 +276,7 @@ async def test_a_redis_that_refuses_writes_holds_the_batch_until_it_accepts(
         await client.config_set("maxmemory-policy", policy["maxmemory-policy"])
         await client.aclose()
 
-    decisions = await read_topic(
-        stack.bootstrap,
-        s.topic_decisions,
-        lambda got: len(count_by(got)) >= len(rows),
-        alive=worker.alive,
-        describe=worker.log_tail,
-    )
+    decisions = await read_decisions(stack, worker, len(rows))
     counts = count_by(decisions)
     assert set(counts) == {r.tx.tx_id for r in rows}
     assert max(counts.values()) == 1
