@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import pickle
 import random
 from bisect import bisect_right
 from collections.abc import Mapping
@@ -193,9 +194,80 @@ def test_a_model_keeps_learning_with_the_scaler_of_an_older_checkpoint() -> None
 
     current, older = FraudModel(), FraudModel()
     older._scaler = preprocessing.StandardScaler()
+    older = pickle.loads(pickle.dumps(older))  # as such a checkpoint loads
     for x, y in stream(1_000):
         current.learn_one(x, y)
         older.learn_one(x, y)
     assert current.weights() == older.weights()
     x = next(stream(1, seed=9))[0]
     assert current.score_one(x) == older.score_one(x)
+
+
+def layout_stream(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Every feature the store computes, with values across the bands and some constant."""
+    rng = random.Random(seed)
+    names = FeatureConfig().names
+    for _ in range(n):
+        fraud = rng.random() < 0.1
+        x = {name: rng.uniform(0, 3) for name in names}
+        x["amount"] = rng.choice([0.0, 10.0, rng.uniform(0, 1_500)])
+        x["card_amount_ratio_30d"] = rng.uniform(0, 12) if fraud else rng.uniform(0, 2)
+        x["terminal_risk_7d"] = rng.choice([0.0, 1.0, rng.random()])
+        x["is_weekend"] = 0.0  # no variance: scaled to 0
+        yield x, fraud
+
+
+def rivers_score(model: FraudModel, x: Mapping[str, float]) -> float:
+    """River's own prediction on the model's input, the definition a score is held to."""
+    assert model._linear is not None
+    return float(model._linear.predict_proba_one(model._linear_input(x))[True])
+
+
+def test_direct_learning_leaves_the_model_exactly_as_rivers_learn_one() -> None:
+    direct, river = FraudModel(), FraudModel()
+    river._direct = False  # the scaler's learn_transform_one, then River's learn_one
+    assert direct._direct
+    for x, y in layout_stream(3_000):
+        direct.learn_one(x, y)
+        river.learn_one(x, y)
+    assert pickle.dumps(direct) == pickle.dumps(river)  # bit for bit: weights, g2, scaler
+    assert direct.weights() == river.weights() and direct.weights()
+
+
+@pytest.mark.parametrize(
+    ("config", "direct"),
+    [
+        (ModelConfig(), True),
+        (ModelConfig(features=("amount", "is_night")), True),
+        (ModelConfig(optimizer="adam"), False),
+        (ModelConfig(l2=0.01), False),
+        (ModelConfig(kind="hat"), False),
+    ],
+)
+def test_direct_learning_is_used_only_where_it_is_rivers(config: ModelConfig, direct: bool) -> None:
+    assert FraudModel(config)._direct is direct
+
+
+def test_scores_are_rivers_bit_for_bit_while_learning_and_from_a_checkpoint() -> None:
+    from models import checkpoint
+
+    model = FraudModel()
+    data = list(layout_stream(2_000, seed=4))
+    for i, (x, y) in enumerate(data):
+        assert model.score_one(x) == rivers_score(model, x)  # the plan follows every lesson
+        model.learn_one(x, y)
+        if i % 500 == 499:
+            frozen = checkpoint.loads(
+                checkpoint.dumps(checkpoint.Checkpoint(1, 0.0, i, model))
+            ).model
+            for other, _ in data[:300]:
+                assert frozen.score_one(other) == rivers_score(frozen, other)
+            assert frozen._plans  # what scoring between lessons reuses
+
+
+def test_a_subset_of_features_scores_as_river_does() -> None:
+    model = FraudModel(ModelConfig(features=("amount", "terminal_risk_7d", "log_amount")))
+    for x, y in layout_stream(500, seed=2):
+        model.learn_one(x, y)
+    for x, _ in layout_stream(200, seed=3):
+        assert model.score_one(x) == rivers_score(model, model._select(x))
