@@ -5,14 +5,20 @@ faust-streaming's consumer hands every fetched message to the streams with
 ``asyncio.wait`` per message, so that a rebalance that suspends the flow interrupts a hand-off
 blocked on a full stream buffer. That was about a fifth of the worker's CPU per payment
 (``bench/worker.md``). :class:`Consumer` awaits the hand-off directly and checks the flow before
-each message instead: a message fetched while the flow is suspended is skipped (not committed, so
-it is fetched again by whoever owns its partition next), as Faust does. A hand-off already blocked
-on a full buffer when a rebalance begins completes once the agent has made room; the message may
-then be decided twice, which at least once allows (duplicates carry their ``tx_id``).
+each message instead: a message fetched while the flow is suspended is not handed off, as Faust
+drops it; the rebalance's seek to the committed offsets fetches it again for whoever owns its
+partition next.
+
+A hand-off already blocked on a full buffer when a rebalance begins completes once the agent has
+made room, possibly after the rebalance. The streams skip such a message of the old generation,
+and the loop then leaves the read offset where the rebalance's seek put it: advancing it to the
+stale message's offset would make the loop drop the re-fetched messages below it as read
+already, and their partition would stall (never decided, its commits stuck) until the next
+rebalance. Faust's own loop records the read offset before the seek, so it never had to.
 
 :class:`App` is ``faust.App`` with this transport for consuming; producing is Faust's own.
 The loop below is faust-streaming 0.15's ``Consumer._drain_messages`` (BSD-3-Clause, Robinhood
-Markets and contributors) with that one change; ``tests/unit/processor/test_transport.py``
+Markets and contributors) with those changes; ``tests/unit/processor/test_transport.py``
 fails when the upstream loop changes, so an upgrade re-reads it.
 """
 
@@ -39,6 +45,7 @@ class Consumer(faust_kafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set  # type: ignore[attr-defined]
         flow_suspended = self.suspend_flow.is_set
+        app = self.app
 
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
@@ -72,8 +79,10 @@ class Consumer(faust_kafka.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            if not flow_suspended():  # the one change: awaited directly
+                            if not flow_suspended():  # the change: awaited directly
                                 await callback(message)
+                                if message.generation_id != app.consumer_generation_id:
+                                    continue  # handed off across a rebalance: see above
                             set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r", offset)
