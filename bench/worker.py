@@ -489,9 +489,14 @@ def markdown(result: dict[str, Any]) -> str:
         target = (
             f"≤ {TARGET_P99_MS:g} ms ({ok[met['p99_ms_at_half_load']]})" if name == "50%" else ""
         )
+        cpu = lat["cpu_us_per_tx"]
+        harness = lat.get("harness_cpu_us_per_tx")
         lines.append(
             f"| latency at {name} load ({lat['achieved_tx_per_s']:,} tx/s), p50 / p95 / p99 | "
-            f"{a['p50']} / {a['p95']} / {a['p99']} ms | {target} |"
+            f"{a['p50']} / {a['p95']} / {a['p99']} ms (CPU µs/tx: worker {cpu['worker']}, "
+            f"redis-server {cpu['redis']}, broker {cpu['kafka']}"
+            + (f", this benchmark {harness}" if harness is not None else "")
+            + f") | {target} |"
         )
     lines += [
         "",
