@@ -261,19 +261,23 @@ class FraudModel:
         if self._anomaly is not None and not is_fraud:
             self._anomaly.learn_one(x)
 
+    def _running_scaler(self) -> bool:
+        """Whether the scaler is this module's plain running one (not windowed, nor River's own
+        from an older checkpoint): what direct learning and scoring plans read and write."""
+        scaler = self._scaler
+        return type(scaler) is StandardScaler and scaler.window_size is None and scaler.with_std
+
     def _learns_directly(self) -> bool:
         """Whether :meth:`_learn_linear` gives what River gives for this model: the default
         regression (AdaGrad, zero initial weights, no penalty) behind the running scaler."""
-        linear, scaler = self._linear, self._scaler
+        linear = self._linear
         return (
             linear is not None
             and type(linear.optimizer) is AdaGrad
             and type(linear.initializer) is optim.initializers.Zeros
             and not linear.l1
             and not linear.l2
-            and type(scaler) is StandardScaler
-            and scaler.window_size is None
-            and scaler.with_std
+            and self._running_scaler()
         )
 
     def _learn_linear(self, x: Mapping[str, float], is_fraud: bool) -> None:
@@ -314,12 +318,7 @@ class FraudModel:
         running one (a checkpoint from before, or a windowed scaler).
         """
         scaler, linear = self._scaler, self._linear
-        if (
-            not isinstance(scaler, StandardScaler)
-            or scaler.window_size is not None
-            or not scaler.with_std
-            or linear is None
-        ):
+        if linear is None or not self._running_scaler():
             return None
         means, vars_, weights = scaler.means, scaler.vars, linear.weights
         scaled = tuple(
