@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from bench.bounds import card_precision_bounds, read_frauds
 from replay.backtest import BacktestConfig, run_backtest
 from replay.readers import PRESETS, read_transactions
 from replay.summary import evaluate
@@ -67,9 +68,15 @@ def bench_backtest(data: Path, test_from: date, test_to: date) -> dict[str, Any]
     }
 
 
+def bench_bounds(data: Path, test_from: date, test_to: date) -> dict[str, Any]:
+    """How high card precision@100 can go on the test window: perfect, and with what is knowable."""
+    return card_precision_bounds(read_frauds(data), test_from, test_to)
+
+
 def _markdown(results: dict[str, Any]) -> str:
     b = results["backtest"]
     test = b["test"] or {}
+    bounds = results["bounds"]
     lines = [
         f"# Benchmarks — {results['commit']} on {results['cores']} cores, {results['python']}",
         "",
@@ -82,6 +89,11 @@ def _markdown(results: dict[str, Any]) -> str:
         f"| detection, test {b['test_window']} | ROC AUC {test.get('roc_auc', 0):.3f}, "
         f"AP {test.get('average_precision', 0):.3f}, "
         f"CP@100 {test.get('card_precision_at_k', 0):.3f} | >= 0.87 / 0.61 / 0.29 |",
+        f"| CP@100 any model can reach, test {bounds['test_window']} | "
+        f"{bounds['knowable']['card_precision_at_k']:.3f} with the "
+        f"{bounds['delay_days']}-day label delay ({bounds['knowable_fraud_cards']} of "
+        f"{bounds['fraud_cards']} fraudulent cards knowable); perfect ranking "
+        f"{bounds['perfect']['card_precision_at_k']:.3f} | |",
         "",
         "Backtest stages (seconds): " + ", ".join(f"{k} {v}" for k, v in b["stages_s"].items()),
         "",
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "backtest": bench_backtest(args.data, args.test_from, args.test_to),
+        "bounds": bench_bounds(args.data, args.test_from, args.test_to),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
