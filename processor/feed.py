@@ -44,6 +44,7 @@ from replay.producer import (
     ReplayStats,
     events,
     parse_speed,
+    run_until_stopped,
     send_record,
     start_producer,
 )
@@ -343,7 +344,7 @@ def main(
                 "label_delay_days": label_delay,
             },
         )
-        asyncio.run(
+        stopped = run_until_stopped(
             feed_async(
                 rows,
                 bootstrap=bootstrap,
@@ -355,9 +356,12 @@ def main(
                 stats=stats,
             )
         )
-        log.info("feed finished: the file is sent", extra=stats.to_dict())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a stop before the feed got going
+        stopped = True
+    if stopped:
         log.info("feed stopped", extra=stats.to_dict())
+    else:
+        log.info("feed finished: the file is sent", extra=stats.to_dict())
 
 
 def run() -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from models.errors import FraudstreamError
 from models.records import Label, Transaction, format_ts, parse_ts
+from processor import logs
 from replay.readers import GROUND_TRUTH, BadRow, Row
 
 log = logging.getLogger("fraudstream.replay")
@@ -195,6 +197,48 @@ async def send_record(
     return future
 
 
+def run_until_stopped(main: Coroutine[Any, Any, Any]) -> bool:
+    """Run ``main`` to its end or until SIGINT or SIGTERM; True if a signal stopped it.
+
+    The first signal cancels ``main`` once, so its ``finally`` clauses (a producer's flush) run to
+    their end: a second Ctrl-C, or the SIGTERM a supervisor sends after it, is ignored, and so is
+    any signal that comes while the interpreter exits after a stop.
+    """
+    stopped = False
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    async def guarded() -> None:
+        nonlocal stopped
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                task.cancel()
+
+        def on_signal(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(stop)
+
+        # signal.signal, not loop.add_signal_handler: removing the loop's handler puts back the
+        # default one (SIGTERM kills) before a stopped run could ignore what comes next.
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+        try:
+            await main
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            task.uncancel()
+        finally:
+            for sig in signals:
+                signal.signal(sig, signal.SIG_IGN if stopped else previous[sig])
+
+    asyncio.run(guarded())
+    return stopped
+
+
 async def replay_async(
     rows: Iterable[Row | BadRow],
     *,
@@ -283,10 +327,12 @@ def replay(
         typer.Option("--from", help="Resume at a line number or an event time (2018-05-01)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many transactions.")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
     """Feed a file into Kafka in event-time order, paced, with labels when they become known."""
     from replay.commands import open_rows
 
+    logs.configure(log_level)
     if not bootstrap:
         raise FraudstreamError("set FRAUD_KAFKA_BOOTSTRAP or pass --bootstrap")
     pace = parse_speed(speed)
@@ -297,7 +343,7 @@ def replay(
     stats = ReplayStats()
     progress = _Progress(limit)
     try:
-        asyncio.run(
+        stopped = run_until_stopped(
             replay_async(
                 rows,
                 bootstrap=bootstrap,
@@ -322,7 +368,9 @@ def replay(
         _print_summary(stats, interrupted=True)
         raise FraudstreamError(f"Kafka at {bootstrap}: {exc}") from None
     progress.close()
-    _print_summary(stats, interrupted=False)
+    _print_summary(stats, interrupted=stopped)
+    if stopped:
+        raise SystemExit(130)
 
 
 def ordered(rows: Iterable[Row | BadRow]) -> Iterator[Row | BadRow]:
