@@ -1,6 +1,6 @@
 """The worker's Prometheus series, and the HTTP endpoint that serves them.
 
-* :class:`WorkerCollector` reads the worker's own tallies (:class:`processor.app.Counters`) and
+* :class:`WorkerCollector` reads the worker's own tallies (:class:`processor.runtime.Counters`) and
   its scorer at scrape time: decisions by action, transactions scored, escalations, dead-lettered
   records, labels, model swaps, Redis retries, and the model version in use. The scoring path
   pays nothing per transaction for them and no number is kept twice.
@@ -49,7 +49,7 @@ from models.records import Action
 from processor.settings import Settings
 
 if TYPE_CHECKING:
-    from processor.app import Runtime
+    from processor.runtime import Runtime
 
 __all__ = [
     "BATCHES",

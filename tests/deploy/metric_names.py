@@ -47,9 +47,9 @@ def _names(metric: Metric) -> set[str]:
 def exported_series() -> frozenset[str]:
     """Every series name the worker (with its narrator) and the API can export."""
     from api.metrics import ApiMetrics
-    from processor.app import Counters
     from processor.llm import LLMMetrics
     from processor.metrics import BatchMetrics, Heartbeat, WorkerCollector
+    from processor.runtime import Counters
 
     registry = CollectorRegistry()
     LLMMetrics(registry=registry)

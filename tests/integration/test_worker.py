@@ -18,8 +18,8 @@ from models.learner import DelayedLabelLearner
 from models.model import FraudModel, ModelConfig
 from models.policy import Policy
 from models.scoring import Scorer
-from processor.app import Runtime
 from processor.checkpoints import RedisCheckpointStore
+from processor.runtime import Runtime
 from processor.worker import create_topics
 from replay.producer import replay_async
 from replay.readers import Row

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.app import Counters
 from processor.metrics import Heartbeat, WorkerCollector, endpoint, start_server
+from processor.runtime import Counters
 from tests.services.ports import free_port
 
 STALL_AFTER = 0.6
