@@ -1,11 +1,8 @@
 """The recent decisions in memory: resume cursors, lookups, card history, the review queue, fan-out.
 
 Every replica consumes the whole ``decisions`` topic and keeps the last ``retention`` records in
-arrival order. A record's **cursor** is the vector of per-partition *next offsets* at that record
-— what this replica had consumed of every partition once the record was in — written
-``<partition>-<offset>`` in hex, joined by dots (``0-1a.1-f.2-20``). Offsets are the broker's, not
-the replica's, so a cursor minted by one replica resumes exactly on any other: after a cursor ``V``
-a client is owed every record of partition ``p`` with offset ``>= V[p]``, and nothing else.
+arrival order, each with its cursor (:mod:`api.decisions`): after a cursor ``V`` a client is owed
+every record of partition ``p`` with offset ``>= V[p]``, and nothing else.
 
 Per partition the buffer knows its ``floor``: every offset at or above it that this replica has
 consumed is still in memory. A cursor below a floor means records were evicted (or were consumed
@@ -14,42 +11,30 @@ before this replica started): the client is told with a gap, then gets what is l
 Review and decline decisions are also kept in a separate, larger bound (``case_retention``), so
 the review queue does not empty itself when approvals stream past at thousands a second.
 
-Fan-out to live clients works in rounds. A client with no filter (the console's usual stream) is a
-``PlainSubscriber``: it holds only the number of the next record it is owed, so taking in a
-record costs nothing per such client; a client with a filter has a bounded queue of its own. A
-round wakes every client with news at once and each writes everything it is owed in one send;
-rounds are spaced by at least 100 µs per client (25-150 ms), so the number of writes a second
-depends on the clients, not on the decision rate, and clients woken together share one joined
-frame.
+Fan-out to live clients (:mod:`api.subscribers`) works in rounds. A client with no filter (the
+console's usual stream) is a ``PlainSubscriber``: it holds only the number of the next record it
+is owed, so taking in a record costs nothing per such client; a client with a filter has a
+bounded queue of its own. A round wakes every client with news at once and each writes
+everything it is owed in one send; rounds are spaced by at least 100 µs per client (25-150 ms),
+so the number of writes a second depends on the clients, not on the decision rate, and clients
+woken together share one joined frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from models.errors import InvalidRecord
+from api.decisions import DecisionEntry, DecisionFilter, case_key, decision_entry
+from api.subscribers import PlainSubscriber, Subscriber
 from models.records import Action, mask_pan
 
-__all__ = [
-    "DecisionBuffer",
-    "DecisionEntry",
-    "DecisionFilter",
-    "PlainSubscriber",
-    "Subscriber",
-    "decode_cursor",
-    "encode_cursor",
-    "parse_decision",
-]
+__all__ = ["DecisionBuffer", "Replay"]
 
-_ACTIONS = frozenset(a.value for a in Action)
 _CASE_ACTIONS = frozenset({Action.REVIEW.value, Action.DECLINE.value})
 # Fan-out rounds are spaced by at least 100 µs per live client (25 ms to 150 ms). A round costs
 # some 20 µs of CPU per client (a task wake-up and one socket write), so the rounds' share of a
@@ -59,238 +44,6 @@ _CASE_ACTIONS = frozenset({Action.REVIEW.value, Action.DECLINE.value})
 FANOUT_SPACING_PER_CLIENT_S = 0.000_1
 FANOUT_SPACING_MIN_S = 0.025
 FANOUT_SPACING_MAX_S = 0.15
-_CURSOR = re.compile(r"^[0-9a-f]{1,8}-[0-9a-f]{1,16}(?:\.[0-9a-f]{1,8}-[0-9a-f]{1,16}){0,4095}$")
-
-
-def encode_cursor(positions: Mapping[int, int]) -> str:
-    """``{0: 26, 1: 15}`` -> ``"0-1a.1-f"``."""
-    return ".".join(f"{p:x}-{o:x}" for p, o in sorted(positions.items()))
-
-
-def decode_cursor(text: str) -> dict[int, int]:
-    """The positions a cursor stands for; ValueError when it is not one this API writes."""
-    text = text.strip()
-    if len(text) > 100_000 or not _CURSOR.match(text):
-        raise ValueError("not a cursor this API issued")
-    positions: dict[int, int] = {}
-    for part in text.split("."):
-        p, o = part.split("-")
-        positions[int(p, 16)] = int(o, 16)
-    return positions
-
-
-def parse_decision(raw: bytes) -> tuple[dict[str, Any], bytes]:
-    """The decision record and its one-line JSON, card number masked; InvalidRecord if unusable."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRecord("not JSON") from None
-    if not isinstance(record, dict):
-        raise InvalidRecord("not a JSON object")
-    for name in ("tx_id", "card_id", "merchant_id"):
-        value = record.get(name)
-        if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-            raise InvalidRecord(f"{name}: missing or not text", field=name)
-    if record.get("action") not in _ACTIONS:
-        raise InvalidRecord("action: expected approve, review or decline", field="action")
-    score = record.get("score")
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise InvalidRecord("score: not a finite number", field="score")
-    rewrite = b"\n" in raw or b"\r" in raw
-    for name in ("tx_id", "card_id", "merchant_id"):
-        if not isinstance(record[name], str):
-            record[name] = str(record[name])
-            rewrite = True
-    masked = mask_pan(record["card_id"])
-    if masked != record["card_id"]:
-        record["card_id"] = masked
-        rewrite = True
-    if rewrite:
-        raw = orjson.dumps(record)
-    return record, raw
-
-
-@dataclass(slots=True, eq=False)
-class DecisionEntry:
-    """One decision as held in memory: the SSE frame, and what filters and indexes need."""
-
-    partition: int
-    offset: int
-    cursor: str
-    tx_id: str
-    card_id: str
-    merchant_id: str
-    action: str
-    score: float
-    frame: bytes = field(repr=False)
-    _data_start: int = field(repr=False, default=0)
-    verdict_seen: bool = False
-
-    @property
-    def data(self) -> bytes:
-        """The decision's JSON, as on the topic (card number masked)."""
-        return self.frame[self._data_start : -2]
-
-    def to_dict(self) -> dict[str, Any]:
-        return orjson.loads(self.data)  # type: ignore[no-any-return]
-
-
-def _entry(
-    partition: int, offset: int, cursor: str, record: dict[str, Any], data: bytes
-) -> DecisionEntry:
-    head = b"id: " + cursor.encode() + b"\nevent: decision\ndata: "
-    return DecisionEntry(
-        partition=partition,
-        offset=offset,
-        cursor=cursor,
-        tx_id=str(record["tx_id"]),
-        card_id=str(record["card_id"]),
-        merchant_id=str(record["merchant_id"]),
-        action=record["action"],
-        score=float(record["score"]),
-        frame=head + data + b"\n\n",
-        _data_start=len(head),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionFilter:
-    """What one client wants to see; None means anything."""
-
-    actions: frozenset[str] | None = None
-    min_score: float | None = None
-    merchant: str | None = None
-    card: str | None = None
-
-    def matches(self, entry: DecisionEntry) -> bool:
-        return (
-            (self.actions is None or entry.action in self.actions)
-            and (self.min_score is None or entry.score >= self.min_score)
-            and (self.merchant is None or entry.merchant_id == self.merchant)
-            and (self.card is None or entry.card_id == self.card)
-        )
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.actions, self.min_score, self.merchant, self.card))
-
-
-class Subscriber:
-    """A live client with a filter (or a cursor ahead of this replica): a bounded queue of its own.
-
-    When the queue overflows, the pending events are dropped and counted. ``offer`` only queues:
-    waking the client's task is the buffer's job, once per fan-out round, not once per event.
-    """
-
-    plain = False
-
-    def __init__(
-        self,
-        wanted: DecisionFilter,
-        capacity: int,
-        skip_below: Mapping[int, int] | None = None,
-        on_drop: Callable[[int], None] | None = None,
-    ) -> None:
-        self.wanted = wanted
-        self.on_drop = on_drop
-        self.capacity = capacity
-        # Partitions where the client's cursor is ahead of this replica (it came from a faster
-        # one): live records below these offsets were already delivered.
-        self.skip_below = dict(skip_below or {})
-        self.pending: deque[DecisionEntry] = deque()
-        self.dropped = 0
-        self.noted = False  # already on the buffer's list of clients to wake
-        self.wakeup = asyncio.Event()
-
-    def offer(self, entry: DecisionEntry) -> bool:
-        """Queue ``entry`` if the client wants it; True when the client now has news."""
-        if not self.wanted.matches(entry):
-            return False
-        if self.skip_below and entry.offset < self.skip_below.get(entry.partition, -1):
-            return False
-        pending = self.pending
-        if len(pending) >= self.capacity:
-            self.dropped += len(pending)
-            if self.on_drop is not None:
-                self.on_drop(len(pending))
-            pending.clear()
-        pending.append(entry)
-        return True
-
-    async def take(self) -> tuple[int, list[DecisionEntry]]:
-        """Wait for news: (events dropped since the last call, events pending now)."""
-        while not self.pending and not self.dropped:
-            self.wakeup.clear()
-            await self.wakeup.wait()
-        dropped, self.dropped = self.dropped, 0
-        events = list(self.pending)
-        self.pending.clear()
-        return dropped, events
-
-
-class PlainSubscriber:
-    """A live client that wants every record: it reads the buffer's ring instead of a queue.
-
-    What it is owed is always the newest records, so it keeps only the number of the next one;
-    taking in a record costs nothing per such client, and clients woken in the same round share
-    one list of entries and one joined frame. The bound is the same as a queue's: past
-    ``capacity`` pending, the pending events are dropped (counted when the client next looks).
-    """
-
-    plain = True
-
-    def __init__(
-        self,
-        buffer: DecisionBuffer,
-        capacity: int,
-        on_drop: Callable[[int], None] | None = None,
-    ) -> None:
-        self.buffer = buffer
-        self.wanted = DecisionFilter()
-        self.capacity = capacity
-        self.on_drop = on_drop
-        self.next_number = buffer.added
-        self.round = -1  # the fan-out round it last took in
-        self.dropped = 0
-
-    def _settle(self) -> int:
-        """Apply the overflow rule to what is owed; the number of events left pending."""
-        owed = self.buffer.added - self.next_number
-        lost = (owed - 1) // self.capacity * self.capacity if owed > self.capacity else 0
-        # Records no longer held for plain clients are lost too (not after the rule above).
-        lost = max(lost, owed - self.buffer.held_for_plain)
-        if lost > 0:
-            self._drop(lost)
-            owed -= lost
-        return owed
-
-    def _drop(self, lost: int) -> None:
-        self.next_number += lost
-        self.dropped += lost
-        if self.on_drop is not None:
-            self.on_drop(lost)
-
-    @property
-    def pending(self) -> list[DecisionEntry]:
-        """The events owed now (the overflow rule applied)."""
-        return self.buffer.newest(self._settle())
-
-    async def take(self) -> tuple[int, list[DecisionEntry]]:
-        """Wait for news: (events dropped since the last call, events pending now).
-
-        At most once a round: a client that took in this round waits for the next one even if
-        more has come, so a client that was slow to send does not write again at once.
-        """
-        buffer = self.buffer
-        while not self.dropped and (
-            buffer.added == self.next_number or self.round == buffer.rounds
-        ):
-            await buffer.next_round(has_news=buffer.added != self.next_number)
-        events = buffer.newest(self._settle())
-        self.next_number = buffer.added
-        self.round = buffer.rounds
-        dropped, self.dropped = self.dropped, 0
-        return dropped, events
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +165,7 @@ class DecisionBuffer:
         self._positions[partition] = offset + 1
         self._parts[partition] = f"{partition:x}-{offset + 1:x}"
         cursor = ".".join(self._parts[p] for p in sorted(self._parts))
-        entry = _entry(partition, offset, cursor, record, data)
+        entry = decision_entry(partition, offset, cursor, record, data)
         self._ring.append(entry)
         self._by_tx[entry.tx_id] = entry
         self._by_card.setdefault(entry.card_id, []).append(entry)
@@ -565,8 +318,3 @@ class DecisionBuffer:
 
     def entries(self) -> Iterable[DecisionEntry]:
         return iter(self._ring)
-
-
-def case_key(entry: DecisionEntry) -> tuple[float, str]:
-    """The review queue's order: highest score first, then by payment id."""
-    return (-entry.score, entry.tx_id)

@@ -17,7 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from api.buffer import DecisionBuffer, parse_decision
+from api.buffer import DecisionBuffer
+from api.decisions import parse_decision
 from api.metrics import ApiMetrics
 from api.narratives import NarrativeStore, parse_chunk
 from models.errors import InvalidRecord

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from api.decisions import json_object
 from models.errors import InvalidRecord
 from models.records import mask_pan
 
@@ -24,12 +25,7 @@ __all__ = ["NarrativeStore", "parse_chunk"]
 
 def parse_chunk(raw: bytes) -> dict[str, Any]:
     """A narrative chunk record, its text masked for card numbers; InvalidRecord if unusable."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRecord("not JSON") from None
-    if not isinstance(record, dict):
-        raise InvalidRecord("not a JSON object")
+    record = json_object(raw)
     tx_id = record.get("tx_id")
     if isinstance(tx_id, bool) or not isinstance(tx_id, str | int) or tx_id == "":
         raise InvalidRecord("tx_id: missing or not text", field="tx_id")

@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from api.auth import Principal, Role, require
-from api.buffer import DecisionEntry, case_key
+from api.decisions import DecisionEntry, case_key
 from api.errors import Conflict, InvalidInput, NotFound, RateLimited
 from api.schemas import CardHistory, CasesPage, DecisionDetail, Problem, StoredVerdict
 from api.schemas import VerdictRequest as VerdictBody

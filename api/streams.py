@@ -13,7 +13,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Send
 
 from api.auth import Principal, Role, require
-from api.buffer import DecisionFilter, decode_cursor
+from api.decisions import DecisionFilter, decode_cursor
 from api.errors import InvalidInput
 from api.state import ApiState
 from models.records import Action, mask_pan

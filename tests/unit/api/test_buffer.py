@@ -8,13 +8,8 @@ import random
 import orjson
 import pytest
 
-from api.buffer import (
-    DecisionBuffer,
-    DecisionFilter,
-    decode_cursor,
-    encode_cursor,
-    parse_decision,
-)
+from api.buffer import DecisionBuffer
+from api.decisions import DecisionFilter, decode_cursor, encode_cursor, parse_decision
 from models.errors import InvalidRecord
 
 

@@ -8,7 +8,9 @@ import random
 import orjson
 import pytest
 
-from api.buffer import DecisionBuffer, DecisionFilter, PlainSubscriber, Subscriber, parse_decision
+from api.buffer import DecisionBuffer
+from api.decisions import DecisionFilter, parse_decision
+from api.subscribers import PlainSubscriber, Subscriber
 
 
 def feed(buffer: DecisionBuffer, offset: int) -> None:
