@@ -1,4 +1,5 @@
-"""What the benchmarks measure with: process CPU from ``/proc``, topic counts and timestamps.
+"""What the benchmarks measure with: process CPU from ``/proc``, topic counts and timestamps,
+and py-spy for where a process spends its time.
 
 Topics the benchmarks create stamp records with the broker's append time (``APPEND_TIME``), so
 a rate or a latency is read from the broker's clock, not from a busy benchmark process.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +27,7 @@ __all__ = [
     "cpu_seconds",
     "load_average",
     "percentile",
+    "py_spy",
     "rate_between",
     "read_all",
     "tx_id_of",
@@ -162,3 +166,20 @@ def rate_between(stamps_ms: Sequence[int], lo: float = 0.0, hi: float = 1.0) -> 
     a, b = int(lo * (len(stamps) - 1)), int(hi * (len(stamps) - 1))
     span = (stamps[b] - stamps[a]) / 1000.0
     return (b - a) / span if span > 0 else float("nan")
+
+
+def py_spy(
+    pid: int, seconds: float, out: Path, *, threads: bool = False, idle: bool = False
+) -> subprocess.Popen[bytes]:
+    """Record ``pid`` for ``seconds`` with py-spy: raw folded stacks to ``out``.
+
+    py-spy comes with the dev extras (``$PYSPY`` names another one). ``threads`` splits the
+    stacks by thread, ``idle`` keeps the time spent waiting.
+    """
+    pyspy = os.environ.get("PYSPY") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if not pyspy:
+        raise RuntimeError("py-spy is not installed: make install (dev extras) or set PYSPY")
+    argv = [pyspy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(out)]
+    argv += ["--threads"] if threads else []
+    argv += ["--idle"] if idle else []
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -49,6 +49,7 @@ from bench.probes import (
     commit_id,
     cpu_seconds,
     load_average,
+    py_spy,
     read_all,
     runqueue_wait,
 )
@@ -388,7 +389,7 @@ async def one_run(
         }
         sampler = Sampler(pids, api.pid)
         spy = (
-            _profile(api.pid, min(profile, seconds), work / f"profile-{api.name}.txt")
+            py_spy(api.pid, min(profile, seconds), work / f"profile-{api.name}.txt")
             if profile
             else None
         )
@@ -463,13 +464,6 @@ async def one_run(
         "load_before": load_before,
         "load_after": load_after,
     }
-
-
-def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    pyspy = os.environ.get("PYSPY", "/tmp/pyspy/bin/py-spy")
-    env = {**os.environ, "PYTHONPATH": str(Path(pyspy).parent.parent)}
-    argv = [pyspy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(out)]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
 async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:

@@ -34,7 +34,6 @@ import asyncio
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -54,6 +53,7 @@ from bench.probes import (
     commit_id,
     load_average,
     percentile,
+    py_spy,
     rate_between,
     read_all,
     tx_id_of,
@@ -145,14 +145,6 @@ class Bench:
         }
 
 
-def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    pyspy = os.environ.get("PYSPY", "/tmp/pyspy/bin/py-spy")
-    env = {**os.environ, "PYTHONPATH": str(Path(pyspy).parent.parent)}
-    argv = [pyspy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(out)]
-    argv += ["--threads", "--idle"]  # which thread, and how much of its time it waits
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
 async def bench_throughput(bench: Bench, n: int, profile: float = 0.0) -> dict[str, Any]:
     """One worker over N pre-loaded transactions: decisions/s, join time, CPU per transaction."""
     stack = await bench.stack()
@@ -168,7 +160,13 @@ async def bench_throughput(bench: Bench, n: int, profile: float = 0.0) -> dict[s
             bench.bootstrap, s.topic_decisions, s.partitions, 1, alive=worker.alive
         )
         if profile:
-            spy = _profile(worker.proc.pid, profile, bench.work / "profile-throughput.txt")
+            spy = py_spy(
+                worker.proc.pid,
+                profile,
+                bench.work / "profile-throughput.txt",
+                threads=True,
+                idle=True,
+            )
         usage = Usage({"worker": worker.proc.pid, **bench.service_pids})
         await wait_for_count(
             bench.bootstrap, s.topic_decisions, s.partitions, n, alive=worker.alive
@@ -262,7 +260,7 @@ async def bench_latency(
         load_before = load_average()
         if profile:
             out = bench.work / f"profile-latency-{round(rate)}.txt"
-            spy = _profile(worker.proc.pid, min(profile, seconds), out)
+            spy = py_spy(worker.proc.pid, min(profile, seconds), out, threads=True, idle=True)
         usage = Usage({"worker": worker.proc.pid, **bench.service_pids})
         harness_cpu = time.process_time()
         t0 = time.monotonic()
