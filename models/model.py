@@ -190,7 +190,12 @@ class FraudModel:
                 intercept_init=math.log(_PRIOR_FRAUD_RATE / (1 - _PRIOR_FRAUD_RATE)),
             )
         if cfg.kind == "hat":
-            self._tree = tree.HoeffdingAdaptiveTreeClassifier(grace_period=100, seed=cfg.seed)
+            # River attempts no split in a leaf whose majority class passes max_share_to_split
+            # (0.99 by default): with card fraud under 1% of payments the tree stayed one leaf
+            # and scored every payment the same.
+            self._tree = tree.HoeffdingAdaptiveTreeClassifier(
+                grace_period=100, max_share_to_split=1.0, seed=cfg.seed
+            )
         if cfg.kind == "blend":
             self._anomaly = compose.Pipeline(
                 preprocessing.MinMaxScaler(),

@@ -19,10 +19,10 @@ from models.model import FraudModel, ModelConfig, bands
 MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 
 
-def stream(n: int, seed: int = 0):  # type: ignore[no-untyped-def]
+def stream(n: int, seed: int = 0, fraud_rate: float = 0.05):  # type: ignore[no-untyped-def]
     rng = random.Random(seed)
     for _ in range(n):
-        fraud = rng.random() < 0.05
+        fraud = rng.random() < fraud_rate
         amount = rng.uniform(150, 400) if fraud else rng.uniform(5, 120)
         risk = rng.uniform(0.3, 1.0) if fraud and rng.random() < 0.5 else rng.uniform(0, 0.05)
         yield (
@@ -42,6 +42,18 @@ def test_learns_to_rank_fraud_above_legit(kind: str) -> None:
     pairs = sum(f > g for f in fraud for g in legit) / (len(fraud) * len(legit))
     assert pairs > 0.9
     assert model.trained_on == 3000
+
+
+@pytest.mark.parametrize("kind", ["logreg", "hat", "blend"])
+def test_learns_at_the_fraud_rates_of_card_payments(kind: str) -> None:
+    # Under 1% fraud: a Hoeffding tree left at River's max_share_to_split (0.99) never splits.
+    model = FraudModel(ModelConfig(kind=kind))
+    for x, y in stream(20_000, fraud_rate=0.004):
+        model.learn_one(x, y)
+    held_out = list(stream(5_000, seed=1, fraud_rate=0.004))
+    fraud = [model.score_one(x) for x, y in held_out if y]
+    legit = [model.score_one(x) for x, y in held_out if not y]
+    assert fraud and sum(f > g for f in fraud for g in legit) / (len(fraud) * len(legit)) > 0.9
 
 
 def test_a_fresh_model_scores_the_base_rate() -> None:
