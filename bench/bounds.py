@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import sys
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -34,7 +33,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from models.errors import FraudstreamError
 from models.metrics import card_precision_at_k, handbook_test_mask
+from replay.readers import open_file
 
 DAY = 86_400.0
 COMPROMISED_TERMINAL = 2  # TX_FRAUD_SCENARIO of a fraud at a compromised terminal
@@ -63,14 +64,13 @@ class Frauds:
 
 def read_frauds(path: Path) -> Frauds:
     """Read the handbook's columns, ground truth included, from a CSV or CSV.gz file."""
-    opener = gzip.open if path.name.endswith(".gz") else open
     seconds: list[float] = []
     dates: list[date] = []
     cards: list[str] = []
     terminals: list[str] = []
     labels: list[int] = []
     scenarios: list[int] = []
-    with opener(path, "rt", newline="") as f:
+    with open_file(path, text=True) as f:
         reader = csv.DictReader(f)
         missing = sorted(set(COLUMNS) - set(reader.fieldnames or ()))
         if missing:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         bounds = card_precision_bounds(
             frauds, args.test_from, args.test_to, delay_days=args.delay_days, k=args.k
         )
-    except (OSError, ValueError) as exc:
+    except (FraudstreamError, OSError, ValueError) as exc:
         print(f"bench.bounds: {exc}", file=sys.stderr)
         return 2
     print(

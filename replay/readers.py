@@ -41,6 +41,7 @@ __all__ = [
     "ReaderError",
     "Row",
     "detect_format",
+    "open_file",
     "read_transactions",
 ]
 
@@ -182,7 +183,7 @@ def read_transactions(path: Path, mapping: ColumnMapping) -> Iterator[Row | BadR
 
 def _read_csv(path: Path, mapping: ColumnMapping) -> Iterator[Row | BadRow]:
     delimiter = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
-    with _open(path, text=True) as file:
+    with open_file(path, text=True) as file:
         reader = csv.reader(file, delimiter=delimiter)
         try:
             header = next(reader, None)
@@ -219,7 +220,7 @@ def _read_jsonl(path: Path, mapping: ColumnMapping) -> Iterator[Row | BadRow]:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     record = _record
     line = 0
-    with _open(path, text=False) as file:
+    with open_file(path, text=False) as file:
         try:
             for line, text in enumerate(file, 1):
                 if line == 1 and text.startswith(b"\xef\xbb\xbf"):
@@ -422,7 +423,9 @@ def _cut_short(path: Path, line: int, exc: BaseException) -> ReaderError:
     return ReaderError(f"{path}: cannot read past line {line}: {_one_line(exc)}")
 
 
-def _open(path: Path, *, text: bool) -> IO[Any]:
+def open_file(path: Path, *, text: bool) -> IO[Any]:
+    """``path`` opened to read, gunzipped when its name ends in ``.gz``; ReaderError if it
+    cannot be. As text: UTF-8 (a byte order mark dropped, bad bytes replaced), newlines kept."""
     compressed = path.name.lower().endswith(".gz")
     # utf-8-sig drops a byte order mark; undecodable bytes must not stop a replay.
     options: dict[str, Any] = (

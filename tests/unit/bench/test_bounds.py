@@ -85,6 +85,8 @@ def test_bad_files_and_windows_get_one_line(
     other.write_text("tx_id,amount\n1,2.0\n")
     assert main(["--data", str(other)]) == 2
     assert "missing CUSTOMER_ID" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "absent.csv.gz")]) == 2
+    assert "cannot open" in capsys.readouterr().err
     broken = write(tmp_path / "broken.csv", ROWS)
     broken.write_text(broken.read_text().replace("2018-04-15 02:24:00", "yesterday", 1))
     window = ["--test-from", "2018-04-15", "--test-to", "2018-04-15"]
